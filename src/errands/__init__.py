@@ -1,0 +1,1 @@
+"""Errands: titles, conversions, webhook timers and website monitors in one service."""

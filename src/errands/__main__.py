@@ -1,0 +1,3 @@
+from errands.cli import app
+
+app(prog_name="errands")

@@ -1,0 +1,93 @@
+"""The FastAPI application: routes of every feature, the lifespan that opens resources, and the
+background loops this process runs beside the API."""
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from errands.config import Settings
+from errands.conversions.api import router as conversions_router
+from errands.core.errors import ErrandsError
+from errands.core.logging import RequestLogMiddleware
+from errands.core.resources import open_resources
+from errands.loops import run_loops
+from errands.monitors.api import router as monitors_router
+from errands.stats.api import router as stats_router
+from errands.timers.api import router as timers_router
+from errands.titles.api import router as titles_router
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger(__name__)
+
+READY_CHECK_TIMEOUT_S = 2.0
+
+
+def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
+    """The app for `settings`; `loops` names the background loops to run in this process."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_resources(settings) as resources:
+            app.state.resources = resources
+            app.state.draining = False
+            stop = asyncio.Event()
+            background = asyncio.create_task(run_loops(resources, loops, stop), name="loops")
+            background.add_done_callback(_exit_if_failed)
+            try:
+                yield
+            finally:
+                app.state.draining = True
+                stop.set()
+                await asyncio.gather(background, return_exceptions=True)
+
+    app = FastAPI(
+        title="Errands",
+        version="0.1.0",
+        summary="Titles, conversions, webhook timers and website monitors in one service.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestLogMiddleware)
+    app.add_exception_handler(ErrandsError, _render_errands_error)  # type: ignore[arg-type]
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"description": "Not ready"}})
+    async def readyz(request: Request) -> JSONResponse:
+        """The process takes traffic: not shutting down, and the database answers."""
+        if request.app.state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        try:
+            async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+                async with request.app.state.resources.pool.connection() as conn:
+                    await conn.execute("SELECT 1")
+        except Exception as error:  # any failure to reach the database means "not ready"
+            return JSONResponse(
+                {"status": "database unreachable", "error": type(error).__name__},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready"})
+
+    for router in (titles_router, stats_router, timers_router, conversions_router, monitors_router):
+        app.include_router(router)
+    return app
+
+
+async def _render_errands_error(request: Request, error: ErrandsError) -> JSONResponse:
+    return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+
+
+def _exit_if_failed(task: "asyncio.Task[None]") -> None:
+    """A background loop that fails takes the process down, so a supervisor restarts it."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("background_loops_failed", error=repr(task.exception()))
+        os.kill(os.getpid(), signal.SIGTERM)

