@@ -1,0 +1,221 @@
+"""The scheduling core against a real PostgreSQL: claims, leases, release, wake-ups."""
+
+import asyncio
+import uuid
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from errands.core import claims
+from errands.core.claims import ClaimQueue, Row, run_claim_loop
+from errands.core.db import Pool
+
+CREATE_JOBS = """
+    CREATE TABLE jobs (
+        id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+        due_at      timestamptz,
+        lease_owner text,
+        lease_until timestamptz,
+        done_by     text
+    );
+    CREATE INDEX jobs_due ON jobs (due_at) WHERE due_at IS NOT NULL;
+"""
+
+ADD_DUE_JOBS = "INSERT INTO jobs (due_at) SELECT now() FROM generate_series(1, %s)"
+
+FINISH_JOB = """
+    UPDATE jobs
+       SET due_at = NULL, lease_owner = NULL, lease_until = NULL, done_by = %(owner)s
+     WHERE id = %(id)s
+       AND lease_owner = %(owner)s
+"""
+
+
+@pytest.fixture
+async def jobs(pool: Pool) -> Pool:
+    async with pool.connection() as conn:
+        await conn.execute(CREATE_JOBS.encode())
+    return pool
+
+
+async def add_due_jobs(pool: Pool, count: int) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(ADD_DUE_JOBS, (count,))
+
+
+def job_queue(**overrides: object) -> ClaimQueue:
+    options: dict[str, object] = {
+        "table": "jobs",
+        "channel": "jobs",
+        "lease": timedelta(seconds=30),
+        "batch_size": 20,
+        "max_in_flight": 20,
+        "poll_interval_s": 0.2,
+    }
+    options.update(overrides)
+    return ClaimQueue(**options)  # type: ignore[arg-type]
+
+
+async def wait_until_all_done(pool: Pool, deadline_s: float = 15.0) -> None:
+    async with asyncio.timeout(deadline_s):
+        while True:
+            async with pool.connection() as conn:
+                cursor = await conn.execute("SELECT 1 FROM jobs WHERE due_at IS NOT NULL LIMIT 1")
+                if await cursor.fetchone() is None:
+                    return
+            await asyncio.sleep(0.05)
+
+
+async def test_concurrent_claimers_handle_every_row_exactly_once(
+    jobs: Pool, database_url: str
+) -> None:
+    await add_due_jobs(jobs, 600)
+    handled: list[uuid.UUID] = []
+    stop = asyncio.Event()
+
+    def claimer(owner: str) -> asyncio.Task[None]:
+        async def handle(row: Row) -> None:
+            handled.append(row["id"])
+            await asyncio.sleep(0.001)
+            async with jobs.connection() as conn:
+                await conn.execute(FINISH_JOB, {"owner": owner, "id": row["id"]})
+
+        return asyncio.create_task(
+            run_claim_loop(job_queue(), jobs, database_url, handle, stop, owner=owner)
+        )
+
+    workers = [claimer(f"worker-{n}") for n in range(4)]
+    await wait_until_all_done(jobs)
+    stop.set()
+    await asyncio.gather(*workers)
+
+    assert len(handled) == 600
+    assert max(Counter(handled).values()) == 1
+    async with jobs.connection() as conn:
+        cursor = await conn.execute("SELECT count(DISTINCT done_by) AS n FROM jobs")
+        row = await cursor.fetchone()
+    assert row is not None and row["n"] > 1, "the work was shared between claimers"
+
+
+async def test_a_leased_row_is_not_claimed_again_until_its_lease_expires(jobs: Pool) -> None:
+    await add_due_jobs(jobs, 5)
+    queue = job_queue(lease=timedelta(seconds=1))
+
+    first = await queue.claim(jobs, "first", 10)
+    assert len(first) == 5
+    assert await queue.claim(jobs, "second", 10) == []
+
+    await asyncio.sleep(1.1)  # the first claimer died without finishing: its lease runs out
+    taken_over = await queue.claim(jobs, "second", 10)
+    assert {row["id"] for row in taken_over} == {row["id"] for row in first}
+    assert {row["lease_owner"] for row in taken_over} == {"second"}
+
+
+async def test_a_dead_claimers_rows_are_finished_by_a_live_one(
+    jobs: Pool, database_url: str, stop_event: asyncio.Event
+) -> None:
+    await add_due_jobs(jobs, 50)
+    queue = job_queue(lease=timedelta(seconds=1))
+    orphaned = await queue.claim(jobs, "dead-worker", 50)
+    assert len(orphaned) == 50
+
+    async def handle(row: Row) -> None:
+        async with jobs.connection() as conn:
+            await conn.execute(FINISH_JOB, {"owner": "live-worker", "id": row["id"]})
+
+    loop = asyncio.create_task(
+        run_claim_loop(queue, jobs, database_url, handle, stop_event, owner="live-worker")
+    )
+    await wait_until_all_done(jobs)
+    stop_event.set()
+    await loop
+
+
+async def test_a_handler_that_lost_its_lease_writes_nothing(jobs: Pool) -> None:
+    await add_due_jobs(jobs, 1)
+    queue = job_queue(lease=timedelta(milliseconds=200))
+    [row] = await queue.claim(jobs, "slow", 1)
+    await asyncio.sleep(0.3)
+    [same] = await queue.claim(jobs, "fast", 1)
+    assert same["id"] == row["id"]
+
+    async with jobs.connection() as conn:
+        late = await conn.execute(FINISH_JOB, {"owner": "slow", "id": row["id"]})
+        assert late.rowcount == 0
+        current = await conn.execute(FINISH_JOB, {"owner": "fast", "id": row["id"]})
+        assert current.rowcount == 1
+
+
+async def test_stop_releases_the_leases_of_unfinished_work(jobs: Pool, database_url: str) -> None:
+    await add_due_jobs(jobs, 3)
+    started = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def handle_slowly(row: Row) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    loop = asyncio.create_task(
+        run_claim_loop(job_queue(), jobs, database_url, handle_slowly, stop, grace_s=0.2)
+    )
+    await asyncio.wait_for(started.wait(), 10)
+    stop.set()
+    await asyncio.wait_for(loop, 10)
+
+    async with jobs.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) AS n FROM jobs WHERE lease_owner IS NULL AND due_at IS NOT NULL"
+        )
+        row = await cursor.fetchone()
+    assert row is not None and row["n"] == 3, "released rows are claimable again at once"
+
+
+async def test_a_notify_wakes_a_sleeping_claimer_before_its_poll(
+    jobs: Pool, database_url: str, stop_event: asyncio.Event
+) -> None:
+    handled = asyncio.Event()
+
+    async def handle(row: Row) -> None:
+        async with jobs.connection() as conn:
+            await conn.execute(FINISH_JOB, {"owner": "me", "id": row["id"]})
+        handled.set()
+
+    queue = job_queue(poll_interval_s=60)
+    loop = asyncio.create_task(
+        run_claim_loop(queue, jobs, database_url, handle, stop_event, owner="me")
+    )
+    await asyncio.sleep(0.5)  # the claimer found nothing and sleeps for its 60 s poll
+    async with jobs.connection() as conn, conn.transaction():
+        await conn.execute(ADD_DUE_JOBS, (1,))
+        await claims.notify(conn, "jobs")
+    await asyncio.wait_for(handled.wait(), 5)
+    stop_event.set()
+    await loop
+
+
+async def test_a_row_due_soon_is_claimed_when_due_without_a_notify(
+    jobs: Pool, database_url: str, stop_event: asyncio.Event
+) -> None:
+    fired_late_by: list[float] = []
+
+    async def handle(row: Row) -> None:
+        async with jobs.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT extract(epoch FROM clock_timestamp() - %s) AS late", (row["due_at"],)
+            )
+            late = await cursor.fetchone()
+            await conn.execute(FINISH_JOB, {"owner": "me", "id": row["id"]})
+        assert late is not None
+        fired_late_by.append(float(late["late"]))
+
+    queue = job_queue(poll_interval_s=5)
+    async with jobs.connection() as conn:
+        await conn.execute("INSERT INTO jobs (due_at) VALUES (now() + interval '300 ms')")
+    loop = asyncio.create_task(
+        run_claim_loop(queue, jobs, database_url, handle, stop_event, owner="me")
+    )
+    await wait_until_all_done(jobs)
+    stop_event.set()
+    await loop
+    assert 0 <= fired_late_by[0] < 1.0, "slept until the row was due, not a whole poll"
