@@ -2,33 +2,41 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+DEPENDS := $(BIN)/python pyproject.toml constraints.txt
 
 .PHONY: run test lint bench format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+# One stamp per set of extras, so `make run` installs only what the service needs.
+$(VENV)/.installed-service: $(DEPENDS)
+	$(BIN)/pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(DEPENDS)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-bench: $(DEPENDS)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
-	touch $(STAMP)
+	touch $@
 
-run: $(STAMP)
+run: $(VENV)/.installed-service
 	$(BIN)/errands serve
 
-test: $(STAMP)
+test: $(VENV)/.installed-dev
 	$(BIN)/pytest
 
-lint: $(STAMP)
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-bench
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
 
-format: $(STAMP)
+format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
