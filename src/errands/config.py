@@ -40,6 +40,44 @@ class Settings(BaseSettings):
     kafka_sasl_password: str | None = None
     kafka_enable_idempotence: bool = True
 
+    # Titles (the 10 s cap is the API's promise, so it can be lowered but never raised)
+    titles_timeout_s: float = Field(default=10.0, gt=0, le=10)
+    titles_max_domains: int = Field(default=1000, ge=1, le=10_000)
+    titles_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    titles_cache_size: int = Field(default=1024, ge=0)  # 0 turns the cache off
+    titles_cache_ttl_s: float = Field(default=300.0, gt=0)
+
+    # Stats
+    stats_flush_interval_s: float = Field(default=5.0, gt=0, le=60)
+
+    # Monitors: checker, sink and retention of check results
+    monitor_default_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    monitor_max_in_flight: int = Field(default=2000, ge=1)
+    monitor_regex_timeout_s: float = Field(default=0.25, gt=0)
+    kafka_topic_partitions: int = Field(default=6, ge=1)
+    sink_batch_size: int = Field(default=5000, ge=1)
+    sink_linger_s: float = Field(default=0.2, ge=0)
+    retention_days: int = Field(default=400, ge=1)
+
+    # Timers
+    timer_max_total_s: int = Field(default=365 * 24 * 3600, ge=1)
+    timer_webhook_secret: str | None = None  # set: each webhook carries an Errands-Signature
+    timer_webhook_timeout_s: float = Field(default=10.0, gt=0)
+    timer_max_attempts: int = Field(default=10, ge=1)
+    timer_retry_base_s: float = Field(default=1.0, gt=0)
+    timer_retry_max_s: float = Field(default=3600.0, gt=0)
+    timer_lease_s: float = Field(default=30.0, gt=0)
+    timer_batch_size: int = Field(default=500, ge=1)
+    timer_max_in_flight: int = Field(default=1000, ge=1)
+    timer_poll_interval_s: float = Field(default=1.0, gt=0)
+
+    # Operations: API keys, request limits, rollout, metrics of processes without the API
+    api_keys_enabled: bool = False
+    api_key_cache_s: float = Field(default=5.0, ge=0, le=60)  # how late a revocation may bite
+    max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    shutdown_drain_s: float = Field(default=0.0, ge=0)  # /readyz 503 while still serving
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # worker and sink /metrics
+
 
 class SettingsError(Exception):
     """A setting has an invalid value; the message names it in one line."""

@@ -7,6 +7,7 @@ from typing import Any
 import structlog
 
 from errands.core.resources import Resources
+from errands.timers.firing import fire_due_timers
 
 __all__ = ["LOOPS", "run_loops"]
 
@@ -15,7 +16,9 @@ Loop = Callable[[Resources, asyncio.Event], Coroutine[Any, Any, None]]
 log = structlog.get_logger(__name__)
 
 # Each loop runs until the stop event is set, then finishes or releases what it holds.
-LOOPS: dict[str, Loop] = {}
+LOOPS: dict[str, Loop] = {
+    "timers": fire_due_timers,
+}
 
 
 async def run_loops(resources: Resources, names: Iterable[str], stop: asyncio.Event) -> None:

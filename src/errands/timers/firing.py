@@ -1,0 +1,218 @@
+"""The timer firer: claims due timers through the scheduling core and POSTs their webhooks.
+
+Delivery is at-least-once: a firer that dies after sending but before recording leaves the timer
+leased, and another firer sends it again when the lease runs out. Each request carries the timer
+id as `Idempotency-Key` so receivers can drop such repeats.
+"""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import psycopg
+import structlog
+
+from errands.core import claims
+from errands.core.http import GuardedClient, OutboundError
+from errands.core.metrics import TIMER_LATENESS, TIMERS_FIRED, TIMERS_PENDING
+from errands.core.resources import Resources
+from errands.timers import store
+
+__all__ = [
+    "SIGNATURE_HEADER",
+    "Outcome",
+    "fire_due_timers",
+    "judge_response",
+    "retry_delay_s",
+    "sign",
+]
+
+log = structlog.get_logger(__name__)
+
+SIGNATURE_HEADER = "Errands-Signature"
+PENDING_COUNT_INTERVAL_S = 5.0
+# Receivers answer a webhook with a short acknowledgement; nothing more of it is kept.
+MAX_RESPONSE_BYTES = 1024
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """`t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`: the time is signed too, so a
+    receiver can refuse an old request replayed by someone who captured it."""
+    message = str(timestamp).encode() + b"." + body
+    digest = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def retry_delay_s(attempts_made: int, base_s: float, max_s: float) -> float:
+    """Exponential backoff: base, 2 x base, 4 x base ... after the 1st, 2nd, 3rd failure."""
+    return float(min(base_s * 2 ** min(attempts_made - 1, 62), max_s))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one webhook request came to: delivered, worth another try, or final failure."""
+
+    result: Literal["fired", "retry", "failed"]
+    error: str | None = None
+
+
+def judge_response(status: int) -> Outcome:
+    """2xx delivers; 5xx may pass, so it is retried; any other answer is final."""
+    if 200 <= status < 300:
+        return Outcome("fired")
+    if status >= 500:
+        return Outcome("retry", f"receiver answered {status}")
+    return Outcome("failed", f"receiver answered {status}")
+
+
+def judge_error(error: OutboundError) -> Outcome:
+    # A refused address or a redirect will not change on its own; the rest may be transient.
+    if error.kind == "redirect":
+        return Outcome("failed", f"receiver answered with a redirect, not followed: {error}")
+    if error.kind in ("blocked", "too_large"):
+        return Outcome("failed", str(error))
+    return Outcome("retry", str(error))
+
+
+class _FiredRecorder:
+    """Records delivered webhooks in batches: whatever finished while the previous UPDATE ran
+    goes into the next one, so the database sees one statement per batch, not per webhook."""
+
+    def __init__(self, resources: Resources, owner: str) -> None:
+        self._pool = resources.pool
+        self._owner = owner
+        self._waiting: list[tuple[store.FiredTimer, asyncio.Future[None]]] = []
+        self._arrived = asyncio.Event()
+
+    async def record(self, fired: store.FiredTimer) -> None:
+        """Return once the timer is recorded as fired (or raise what recording raised)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((fired, future))
+        self._arrived.set()
+        await future
+
+    async def run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            batch, self._waiting = self._waiting, []
+            try:
+                held = await store.mark_fired(self._pool, self._owner, [item for item, _ in batch])
+            except Exception as error:
+                # Handed to every waiting handler, which raises it (the claim loop logs it with
+                # its traceback); their timers stay leased and are sent again after the lease.
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            lost = [str(item.id) for item, _ in batch if item.id not in held]
+            if lost:
+                log.warning("timer_lease_lost_before_recording", ids=lost)
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+
+class _Firer:
+    def __init__(self, resources: Resources, owner: str, recorder: _FiredRecorder) -> None:
+        self._resources = resources
+        self._settings = resources.settings
+        self._http: GuardedClient = resources.http
+        self._owner = owner
+        self._recorder = recorder
+
+    async def fire(self, timer: claims.Row) -> None:
+        """Send one timer's webhook and record the outcome, guarded by our lease."""
+        timer_id: uuid.UUID = timer["id"]
+        body = json.dumps({"id": str(timer_id)}).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": str(timer_id)}
+        secret = self._settings.timer_webhook_secret
+        if secret:
+            headers[SIGNATURE_HEADER] = sign(secret, body, int(time.time()))
+        sent_at = datetime.now(UTC)
+        if timer["attempts"] == 0:
+            TIMER_LATENESS.observe(max((sent_at - timer["fire_at"]).total_seconds(), 0.0))
+        try:
+            response = await self._http.fetch(
+                "POST",
+                timer["url"],
+                headers=headers,
+                data=body,
+                timeout_s=self._settings.timer_webhook_timeout_s,
+                max_redirects=0,
+                max_body_bytes=MAX_RESPONSE_BYTES,
+            )
+            outcome = judge_response(response.status)
+        except OutboundError as error:
+            outcome = judge_error(error)
+        await self._record(timer, sent_at, outcome)
+
+    async def _record(self, timer: claims.Row, sent_at: datetime, outcome: Outcome) -> None:
+        pool, owner, timer_id = self._resources.pool, self._owner, timer["id"]
+        attempts = timer["attempts"] + 1
+        error = outcome.error or ""
+        if outcome.result == "retry" and attempts >= self._settings.timer_max_attempts:
+            outcome = Outcome("failed", f"gave up after {attempts} attempts; last: {error}")
+        TIMERS_FIRED.labels(outcome=outcome.result).inc()
+        if outcome.result == "fired":
+            await self._recorder.record(store.FiredTimer(timer_id, sent_at))
+        elif outcome.result == "retry":
+            delay_s = retry_delay_s(
+                attempts, self._settings.timer_retry_base_s, self._settings.timer_retry_max_s
+            )
+            await store.schedule_retry(pool, owner, timer_id, timedelta(seconds=delay_s), error)
+            log.info("timer_retry_scheduled", id=str(timer_id), attempts=attempts, error=error)
+        else:
+            await store.mark_failed(pool, owner, timer_id, outcome.error or "")
+            log.warning("timer_failed", id=str(timer_id), attempts=attempts, error=outcome.error)
+
+
+async def _count_pending(resources: Resources) -> None:
+    while True:
+        try:
+            TIMERS_PENDING.set(await store.count_pending(resources.pool))
+        except psycopg.OperationalError as error:
+            # The gauge keeps its last value; the next count may find the database back.
+            log.warning("timers_pending_count_failed", error=str(error))
+        await asyncio.sleep(PENDING_COUNT_INTERVAL_S)
+
+
+async def fire_due_timers(resources: Resources, stop: asyncio.Event) -> None:
+    """The "timers" loop: fire due timers until `stop`, then finish or release those in hand."""
+    settings = resources.settings
+    owner = claims.new_owner()
+    queue = claims.ClaimQueue(
+        table="timers",
+        channel=store.CHANNEL,
+        lease=timedelta(seconds=settings.timer_lease_s),
+        batch_size=settings.timer_batch_size,
+        max_in_flight=settings.timer_max_in_flight,
+        poll_interval_s=settings.timer_poll_interval_s,
+    )
+    recorder = _FiredRecorder(resources, owner)
+    firer = _Firer(resources, owner, recorder)
+    # The recorder outlives the claim loop: handlers finishing during shutdown still record.
+    helpers = [
+        asyncio.create_task(recorder.run(), name="timers:record-fired"),
+        asyncio.create_task(_count_pending(resources), name="timers:count-pending"),
+    ]
+    try:
+        await claims.run_claim_loop(
+            queue,
+            resources.pool,
+            resources.database_url,
+            firer.fire,
+            stop,
+            owner=owner,
+            grace_s=settings.shutdown_grace_s,
+        )
+    finally:
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
