@@ -13,8 +13,11 @@ from fastapi.responses import JSONResponse
 
 from errands.config import Settings
 from errands.conversions.api import router as conversions_router
+from errands.core.auth import ApiKeyMiddleware
 from errands.core.errors import ErrandsError
+from errands.core.limits import BodyLimitMiddleware
 from errands.core.logging import RequestLogMiddleware
+from errands.core.metrics import instrument
 from errands.core.resources import open_resources
 from errands.loops import run_loops
 from errands.monitors.api import router as monitors_router
@@ -53,6 +56,12 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
         summary="Titles, conversions, webhook timers and website monitors in one service.",
         lifespan=lifespan,
     )
+    # Outermost last: every request gets an id and a log line, then is counted, then its key
+    # and body size are checked before any route reads it.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_body_bytes)
+    if settings.api_keys_enabled:
+        app.add_middleware(ApiKeyMiddleware, cache_s=settings.api_key_cache_s)
+    instrument(app)
     app.add_middleware(RequestLogMiddleware)
     app.add_exception_handler(ErrandsError, _render_errands_error)  # type: ignore[arg-type]
 

@@ -2,16 +2,24 @@
 
 import asyncio
 import signal
-from collections.abc import Sequence
-from typing import Annotated
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from types import FrameType
+from typing import Annotated, TypeVar
 
+import psycopg
 import typer
 import uvicorn
+from fastapi import FastAPI
+from psycopg.rows import dict_row
 
 from errands.app import create_app
 from errands.config import Settings, SettingsError, load_settings
+from errands.core import auth
 from errands.core.db import apply_migrations, database_url
 from errands.core.logging import configure_logging
+from errands.core.metrics import serve_metrics
 from errands.core.resources import open_resources
 from errands.loops import LOOPS, run_loops
 
@@ -33,9 +41,38 @@ def _settings() -> Settings:
     return settings
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn that, on SIGTERM, first reports not ready for `drain_s` while still serving, so
+    a load balancer stops sending traffic before the listener closes; then it stops as usual:
+    in-flight requests finish (within the graceful timeout) and the lifespan stops the loops.
+
+    A SIGTERM-initiated stop exits with status 0; a second signal stops at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_s: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.drain_s = drain_s
+        self.drain_until: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.app.state.draining = True
+        if sig == signal.SIGTERM and self.drain_until is None and not self.should_exit:
+            # Not recorded in uvicorn's captured signals, which it re-raises after shutting down.
+            self.drain_until = time.monotonic() + self.drain_s
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_until is not None and time.monotonic() >= self.drain_until:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
 def _serve_http(settings: Settings, loops: Sequence[str]) -> None:
+    application = create_app(settings, loops=loops)
     config = uvicorn.Config(
-        create_app(settings, loops=loops),
+        application,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -44,7 +81,7 @@ def _serve_http(settings: Settings, loops: Sequence[str]) -> None:
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config, application, settings.shutdown_drain_s).run()
 
 
 @app.command()
@@ -74,6 +111,7 @@ async def _run_until_signal(settings: Settings, loops: Sequence[str]) -> None:
     event_loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         event_loop.add_signal_handler(signum, stop.set)
+    serve_metrics(settings.host, settings.metrics_port)
     async with open_resources(settings) as resources:
         await run_loops(resources, loops, stop)
 
@@ -102,3 +140,71 @@ def migrate() -> None:
     settings = _settings()
     applied = asyncio.run(apply_migrations(database_url(settings)))
     typer.echo("\n".join(f"applied {name}" for name in applied) or "database is up to date")
+
+
+keys = typer.Typer(help="API keys, checked when ERRANDS_API_KEYS_ENABLED=true.")
+app.add_typer(keys, name="keys")
+
+
+Result = TypeVar("Result")
+
+
+async def _with_connection(
+    settings: Settings, work: Callable[[auth.Connection], Awaitable[Result]]
+) -> Result:
+    """Run `work` on a connection to the migrated database (the embedded one when no URL)."""
+    url = await asyncio.to_thread(database_url, settings)
+    await apply_migrations(url)
+    async with await psycopg.AsyncConnection.connect(
+        url, autocommit=True, row_factory=dict_row
+    ) as conn:
+        return await work(conn)
+
+
+@keys.command("create")
+def create_key(
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+    scopes: Annotated[str, typer.Option(help=f"Comma-separated, from: {', '.join(auth.SCOPES)}.")],
+) -> None:
+    """Create a key and print it; it is shown only this once."""
+    wanted = [scope.strip() for scope in scopes.split(",") if scope.strip()]
+    unknown = sorted(set(wanted) - set(auth.SCOPES))
+    if unknown or not wanted:
+        raise typer.BadParameter(f"choose from {', '.join(auth.SCOPES)}; got {scopes!r}")
+    if not 1 <= len(name) <= 100:
+        raise typer.BadParameter("the name must have 1 to 100 characters", param_hint="--name")
+    key, secret = asyncio.run(
+        _with_connection(_settings(), lambda conn: auth.create_key(conn, name, wanted))
+    )
+    typer.echo(f"id:     {key.id}\nname:   {key.name}\nscopes: {','.join(key.scopes)}")
+    typer.echo(f"key:    {secret}\n(store it now: only its hash is kept)")
+
+
+@keys.command("revoke")
+def revoke_key(
+    key_id: Annotated[str, typer.Argument(help="The id printed by create/list.")],
+) -> None:
+    """Revoke a key; requests with it are refused within ERRANDS_API_KEY_CACHE_S seconds."""
+    try:
+        parsed = uuid.UUID(key_id)
+    except ValueError:
+        raise typer.BadParameter(f"not a key id: {key_id!r}", param_hint="KEY_ID") from None
+    key = asyncio.run(_with_connection(_settings(), lambda conn: auth.revoke_key(conn, parsed)))
+    if key is None:
+        typer.echo(f"errands: no API key has the id {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key.id} ({key.name}) at {key.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@keys.command("list")
+def list_keys() -> None:
+    """Every key, revoked ones included, without the keys themselves."""
+    found = asyncio.run(_with_connection(_settings(), auth.list_keys))
+    if not found:
+        typer.echo("no API keys")
+        return
+    typer.echo(f"{'id':36}  {'prefix':14}  {'status':10}  {'scopes':40}  name")
+    for key in found:
+        status = "revoked" if key.revoked_at else "active"
+        scopes_text = ",".join(key.scopes)
+        typer.echo(f"{key.id!s:36}  {key.prefix:14}  {status:10}  {scopes_text:40}  {key.name}")

@@ -78,6 +78,18 @@ class Settings(BaseSettings):
     shutdown_drain_s: float = Field(default=0.0, ge=0)  # /readyz 503 while still serving
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # worker and sink /metrics
 
+    # Conversions: upload limits, output size, and the child processes that convert
+    upload_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)  # one request, all files
+    upload_max_files: int = Field(default=50, ge=1)
+    conversion_max_side: int = Field(default=3500, ge=16)
+    pdf_dpi: int = Field(default=150, ge=18, le=1200)  # lowered per page to fit max_side
+    max_pixels: int = Field(default=250_000_000, ge=1)  # larger images are refused unread
+    max_pdf_pages: int = Field(default=500, ge=1)
+    conversion_workers: int = Field(default=2, ge=1)  # child processes at once per supervisor
+    conversion_child_memory_mb: int = Field(default=1024, ge=128)  # address-space limit
+    conversion_timeout_s: float = Field(default=300.0, gt=0)
+    conversion_lease_s: float = Field(default=60.0, gt=0)
+
 
 class SettingsError(Exception):
     """A setting has an invalid value; the message names it in one line."""
