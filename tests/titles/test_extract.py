@@ -1,0 +1,132 @@
+"""Title extraction matches what a browser shows as `document.title`, whatever the bytes."""
+
+import codecs
+
+import pytest
+
+from errands.titles.extract import TitleReader, charset_from_content_type, sniff_charset
+
+
+def read_title(body: bytes, content_type: str | None = "text/html", chunk: int = 0) -> str | None:
+    """Feed `body` whole or in `chunk`-byte pieces, as a network read would."""
+    reader = TitleReader(content_type)
+    step = chunk or len(body) or 1
+    for start in range(0, len(body), step):
+        if reader.feed(body[start : start + step]):
+            break
+    return reader.title()
+
+
+@pytest.mark.parametrize(
+    ("page", "title"),
+    [
+        (b"<html><head><title>Example Domain</title></head></html>", "Example Domain"),
+        (b"<title>\n   Spaced \t\r\n  out   </title>", "Spaced out"),
+        (
+            b"<title>Tom &amp; Jerry &lt;3 &#x263A; &eacute;t&eacute;</title>",
+            "Tom & Jerry <3 \u263a été",
+        ),
+        (b"<title>no semicolon &amp done &copy 2024</title>", "no semicolon & done \xa9 2024"),
+        (b"<title>keeps&nbsp;nbsp</title>", "keeps\xa0nbsp"),
+        (b"<TITLE>Upper case</TiTlE>", "Upper case"),
+        (b"<title>markup <b>is</b> text</title>", "markup <b>is</b> text"),
+        (b"<svg><title>icon</title></svg><title>Page</title>", "Page"),
+        (b"<svg viewBox='0 0 1 1'><g><title>a</title></g></svg><p><title>Late</title>", "Late"),
+        (b"<math><title>m</title></math><title>After math</title>", "After math"),
+        (b"<svg/><title>After empty svg</title>", "After empty svg"),
+        (b"<script>d.title='<title>no</title>'</script><title>Yes</title>", "Yes"),
+        (b"<style>/*<title>no</title>*/</style><title>Styled</title>", "Styled"),
+        (b"<textarea><title>no</title></textarea><title>Form</title>", "Form"),
+        (b"<!-- <title>commented</title> --><title>Real</title>", "Real"),
+        (b"<title>First</title><title>Second</title>", "First"),
+        (b"<title>Unclosed to the end", "Unclosed to the end"),
+        (b"<body><h1>No title here</h1></body>", None),
+        (b"<title>   </title>", None),
+        (b"", None),
+    ],
+)
+@pytest.mark.parametrize("chunk", [0, 1, 7])
+def test_title_as_a_browser_reads_it(page: bytes, title: str | None, chunk: int) -> None:
+    assert read_title(page, chunk=chunk) == title
+
+
+def test_reading_stops_as_soon_as_the_title_closes() -> None:
+    reader = TitleReader("text/html; charset=utf-8")
+    assert not reader.feed(b"<html><head><title>Quick")
+    assert reader.feed(b"</title></head>")
+    assert reader.title() == "Quick"
+
+
+@pytest.mark.parametrize(
+    ("text", "codec", "content_type"),
+    [
+        ("Привет, мир", "cp1251", "text/html; charset=windows-1251"),
+        ("日本語のページ", "shift_jis", "text/html; charset=Shift_JIS"),
+        ("Ça coûte €5", "cp1252", "text/html; charset=ISO-8859-1"),
+        ("Ελληνικά", "iso8859-7", 'text/html; charset="iso-8859-7"'),
+        ("中文标题", "gb18030", "text/html;charset=gb2312"),
+    ],
+)
+def test_charset_from_the_http_header(text: str, codec: str, content_type: str) -> None:
+    page = b"<html><head><title>" + text.encode(codec) + b"</title>"
+    assert read_title(page, content_type) == text
+    assert read_title(page, content_type, chunk=3) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "codec", "meta"),
+    [
+        ("Привет", "cp1251", b'<meta charset="windows-1251">'),
+        ("日本語", "shift_jis", b"<meta charset=shift_jis>"),
+        ("café", "latin-1", b"<META CHARSET='latin1' />"),
+        (
+            "Привет",
+            "koi8-r",
+            b'<meta http-equiv="Content-Type" content="text/html; charset=koi8-r">',
+        ),
+        ("Привет", "cp1251", b"<meta content='text/html; charset=cp1251' http-equiv=content-type>"),
+    ],
+)
+def test_charset_from_a_meta_declaration(text: str, codec: str, meta: bytes) -> None:
+    page = b"<!doctype html><html><head>" + meta + b"<title>" + text.encode(codec) + b"</title>"
+    assert read_title(page, "text/html") == text
+    assert read_title(page, None, chunk=5) == text
+
+
+def test_byte_order_mark_wins_over_header_and_meta() -> None:
+    page = codecs.BOM_UTF8 + '<meta charset="windows-1251"><title>Zoë</title>'.encode()
+    assert read_title(page, "text/html; charset=windows-1251") == "Zoë"
+    utf16 = codecs.BOM_UTF16_LE + "<title>Wide ☺</title>".encode("utf-16-le")
+    assert read_title(utf16, "text/html; charset=iso-8859-1", chunk=3) == "Wide ☺"
+
+
+def test_header_wins_over_meta() -> None:
+    page = '<meta charset="utf-8"><title>Привет</title>'.encode("cp1251")
+    assert read_title(page, "text/html; charset=windows-1251") == "Привет"
+
+
+def test_meta_in_a_comment_or_past_1024_bytes_is_ignored() -> None:
+    title = "Привет".encode("cp1251")
+    commented = b'<!-- <meta charset="koi8-r"> --><meta charset="windows-1251"><title>' + title
+    assert read_title(commented + b"</title>", None) == "Привет"
+    late = b"<title>caf\xe9</title>" + b" " * 1100 + b'<meta charset="koi8-r">'
+    assert read_title(late, None) == "café"  # windows-1252 fallback, not koi8-r
+
+
+def test_undeclared_utf8_is_read_as_utf8_else_as_windows_1252() -> None:
+    assert read_title("<title>naïve café ☕</title>".encode(), None, chunk=2) == "naïve café ☕"
+    # An invalid UTF-8 byte after 2 KB of ASCII still turns the whole page to windows-1252.
+    late_latin1 = b"<!-- " + b"x" * 2048 + b" --><title>caf\xe9 cr\xe8me</title>"
+    assert read_title(late_latin1, None, chunk=100) == "café crème"
+
+
+def test_unknown_charset_label_falls_back() -> None:
+    assert read_title(b"<title>plain</title>", "text/html; charset=no-such-thing") == "plain"
+
+
+def test_charset_helpers() -> None:
+    assert charset_from_content_type("text/html; charset=UTF-8") == "utf-8"
+    assert charset_from_content_type("text/html") is None
+    assert charset_from_content_type(None) is None
+    assert sniff_charset(b'<meta charset="utf-16">') == "utf-8"  # as browsers do
+    assert sniff_charset(b"<metal charset=koi8-r>") is None
