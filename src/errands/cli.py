@@ -62,7 +62,7 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.app.state.draining = True
-        if False:
+        if sig == signal.SIGTERM and self.drain_until is None and not self.should_exit:
             # Not recorded in uvicorn's captured signals, which it re-raises after shutting down.
             self.drain_until = time.monotonic() + self.drain_s
             return

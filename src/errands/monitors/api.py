@@ -1,0 +1,298 @@
+"""Monitor routes: register websites to check, and read their checks and uptime."""
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import psycopg
+import regex
+from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from errands.core.errors import Conflict, NotFound, Unprocessable
+from errands.core.http import BlockedTarget, GuardedClient
+from errands.core.resources import Resources, get_resources
+from errands.monitors import store
+
+__all__ = [
+    "Check",
+    "Monitor",
+    "MonitorChanges",
+    "MonitorIn",
+    "Uptime",
+    "parse_window",
+    "router",
+    "validated_fields",
+]
+
+router = APIRouter(tags=["monitors"])
+
+MAX_URL_LENGTH = 2048
+MAX_REGEX_LENGTH = 1000
+MAX_INTERVAL_S = 7 * 24 * 3600
+MAX_TIMEOUT_S = 60.0
+DEFAULT_CHECKS_LIMIT = 100
+# Windows this long or longer are answered from the hourly rollups.
+ROLLUP_WINDOW = timedelta(days=1)
+
+Method = Literal["GET", "HEAD"]
+
+
+def _valid_regex(pattern: str | None) -> str | None:
+    if pattern is not None:
+        try:
+            regex.compile(pattern)
+        except regex.error as error:
+            raise ValueError(f"invalid regex: {error}") from None
+    return pattern
+
+
+class MonitorIn(BaseModel):
+    """A website to check every `interval_s` seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=MAX_URL_LENGTH, examples=["https://example.com/"])
+    interval_s: int = Field(ge=5, le=MAX_INTERVAL_S)
+    regex: str | None = Field(default=None, min_length=1, max_length=MAX_REGEX_LENGTH)
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
+    method: Method = "GET"
+
+    _check_regex = field_validator("regex")(_valid_regex)
+
+
+class MonitorChanges(BaseModel):
+    """The fields to change; a regex set to null removes it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, min_length=1, max_length=MAX_URL_LENGTH)
+    interval_s: int | None = Field(default=None, ge=5, le=MAX_INTERVAL_S)
+    regex: str | None = Field(default=None, min_length=1, max_length=MAX_REGEX_LENGTH)
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
+    method: Method | None = None
+
+    _check_regex = field_validator("regex")(_valid_regex)
+
+
+class Monitor(BaseModel):
+    id: uuid.UUID
+    url: str
+    method: Method
+    interval_s: int
+    timeout_s: float
+    regex: str | None
+    created_at: datetime
+    updated_at: datetime
+    next_check_at: datetime | None
+
+
+class Check(BaseModel):
+    check_id: uuid.UUID
+    checked_at: datetime
+    up: bool
+    status_code: int | None
+    response_time_ms: float | None
+    dns_ms: float | None
+    connect_ms: float | None
+    tls_ms: float | None
+    first_byte_ms: float | None
+    regex_matched: bool | None
+    error_kind: str | None
+    error: str | None
+
+
+class Uptime(BaseModel):
+    monitor_id: uuid.UUID
+    since: datetime
+    until: datetime
+    window_s: int
+    source: Literal["checks", "rollups"]
+    uptime_pct: float | None
+    checks: int
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+def validated_fields(
+    http: GuardedClient,
+    *,
+    url: str,
+    interval_s: int,
+    timeout_s: float,
+    method: str,
+    regex: str | None,
+) -> store.MonitorFields:
+    """Check what pydantic cannot: the URL is one the guarded client would request, and the
+    timeout fits in the interval."""
+    try:
+        http.check_url(url)
+    except BlockedTarget as error:
+        raise Unprocessable(f"invalid url: {error}") from None
+    if timeout_s > interval_s:
+        raise Unprocessable(f"timeout_s ({timeout_s}) must not exceed interval_s ({interval_s})")
+    return store.MonitorFields(
+        url=url, interval_s=interval_s, timeout_s=timeout_s, method=method, regex=regex
+    )
+
+
+def _monitor(row: store.Row) -> Monitor:
+    return Monitor(
+        **{name: row[name] for name in Monitor.model_fields if name in row},
+        next_check_at=row["due_at"],
+    )
+
+
+async def _existing(resources: Resources, monitor_id: uuid.UUID) -> store.Row:
+    row = await store.get_monitor(resources.pool, monitor_id)
+    if row is None:
+        raise NotFound(f"no monitor {monitor_id}")
+    return row
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+
+
+@router.post("/monitors", status_code=201, response_model=Monitor)
+async def create_monitor(body: MonitorIn, resources: ResourcesDep) -> Monitor:
+    """Start checking a website; its first check is due at once."""
+    fields = validated_fields(
+        resources.http,
+        url=body.url,
+        interval_s=body.interval_s,
+        timeout_s=body.timeout_s
+        or min(resources.settings.monitor_default_timeout_s, body.interval_s),
+        method=body.method,
+        regex=body.regex,
+    )
+    row = await store.create_monitor(resources.pool, fields)
+    if row is None:
+        raise Conflict(f"{body.url} is already monitored")
+    return _monitor(row)
+
+
+@router.get("/monitors", response_model=list[Monitor])
+async def list_monitors(
+    resources: ResourcesDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[Monitor]:
+    return [_monitor(row) for row in await store.list_monitors(resources.pool, limit, offset)]
+
+
+@router.get("/monitors/{monitor_id}", response_model=Monitor)
+async def get_monitor(monitor_id: uuid.UUID, resources: ResourcesDep) -> Monitor:
+    return _monitor(await _existing(resources, monitor_id))
+
+
+@router.patch("/monitors/{monitor_id}", response_model=Monitor)
+async def update_monitor(
+    monitor_id: uuid.UUID, body: MonitorChanges, resources: ResourcesDep
+) -> Monitor:
+    """Change some settings; the monitor is checked at once with the new ones."""
+    current = await _existing(resources, monitor_id)
+    given = body.model_fields_set
+    for name in ("url", "interval_s", "timeout_s", "method"):
+        if name in given and getattr(body, name) is None:
+            raise Unprocessable(f"{name} cannot be null")
+
+    def chosen(name: str) -> Any:
+        return getattr(body, name) if name in given else current[name]
+
+    fields = validated_fields(
+        resources.http,
+        url=chosen("url"),
+        interval_s=chosen("interval_s"),
+        timeout_s=chosen("timeout_s"),
+        method=chosen("method"),
+        regex=chosen("regex"),
+    )
+    try:
+        row = await store.update_monitor(resources.pool, monitor_id, fields)
+    except psycopg.errors.UniqueViolation:
+        raise Conflict(f"{fields.url} is already monitored") from None
+    if row is None:
+        raise NotFound(f"no monitor {monitor_id}")
+    return _monitor(row)
+
+
+@router.delete("/monitors/{monitor_id}", status_code=204)
+async def delete_monitor(monitor_id: uuid.UUID, resources: ResourcesDep) -> Response:
+    """Stop checking a website. Its stored checks stay until retention removes them."""
+    if not await store.delete_monitor(resources.pool, monitor_id):
+        raise NotFound(f"no monitor {monitor_id}")
+    return Response(status_code=204)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+@router.get("/monitors/{monitor_id}/checks", response_model=list[Check])
+async def list_checks(
+    monitor_id: uuid.UUID,
+    resources: ResourcesDep,
+    since: Annotated[datetime | None, Query(description="ISO 8601; UTC if no offset")] = None,
+    until: Annotated[datetime | None, Query(description="ISO 8601; UTC if no offset")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = DEFAULT_CHECKS_LIMIT,
+) -> list[Check]:
+    """The newest checks first, within [since, until)."""
+    await _existing(resources, monitor_id)
+    start = _utc(since) or datetime.now(UTC) - timedelta(days=resources.settings.retention_days)
+    end = _utc(until) or datetime.now(UTC) + timedelta(days=1)
+    if start >= end:
+        raise Unprocessable("since must be before until")
+    rows = await store.recent_checks(resources.pool, monitor_id, start, end, limit)
+    return [Check(**row) for row in rows]
+
+
+WINDOW = re.compile(r"^(\d{1,9})([smhd]?)$")
+UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_window(text: str, max_days: int) -> timedelta:
+    """ "1h", "24h", "7d", "30d", "90m" or plain seconds, from 60 s up to `max_days` days."""
+    match = WINDOW.match(text.strip())
+    if match is None:
+        raise Unprocessable(f"window {text!r}: use seconds or a number with s, m, h or d")
+    window = timedelta(seconds=int(match.group(1)) * UNIT_S[match.group(2)])
+    if not timedelta(minutes=1) <= window <= timedelta(days=max_days):
+        raise Unprocessable(f"window {text!r}: must be between 1 minute and {max_days} days")
+    return window
+
+
+@router.get("/monitors/{monitor_id}/uptime", response_model=Uptime)
+async def uptime(
+    monitor_id: uuid.UUID,
+    resources: ResourcesDep,
+    window: Annotated[str, Query(description="1h, 24h, 7d, 30d, or seconds")] = "24h",
+) -> Uptime:
+    """Share of checks that were up, and the median and 95th percentile response time.
+
+    Windows under a day are computed from every check; longer ones from the hourly rollups
+    plus the checks of the partial hours at both ends (percentiles then come from a latency
+    histogram and are within about 12% of the exact value)."""
+    await _existing(resources, monitor_id)
+    span = parse_window(window, resources.settings.retention_days)
+    until = datetime.now(UTC)
+    since = until - span
+    if span >= ROLLUP_WINDOW:
+        figures = await store.uptime_from_rollups(resources.pool, monitor_id, since, until)
+        source: Literal["checks", "rollups"] = "rollups"
+    else:
+        figures = await store.uptime_from_raw(resources.pool, monitor_id, since, until)
+        source = "checks"
+    return Uptime(
+        monitor_id=monitor_id,
+        since=since,
+        until=until,
+        window_s=int(span.total_seconds()),
+        source=source,
+        uptime_pct=figures.uptime_pct,
+        checks=figures.checks,
+        p50_ms=figures.p50_ms,
+        p95_ms=figures.p95_ms,
+    )

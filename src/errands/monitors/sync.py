@@ -1,0 +1,76 @@
+"""`errands monitors sync FILE`: make the monitors match a YAML or TOML list of sites.
+
+Sites are matched by URL: a new URL is created, a known one updated when a setting differs.
+Monitors not in the file are left alone.
+"""
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from errands.core.errors import Unprocessable
+from errands.core.resources import Resources
+from errands.monitors import store
+from errands.monitors.api import MonitorIn, validated_fields
+
+__all__ = ["SitesFileError", "read_sites", "sync_sites"]
+
+
+class SitesFileError(Exception):
+    """The file cannot be read as a list of sites; the message says where."""
+
+
+def read_sites(path: Path) -> list[MonitorIn]:
+    """Parse `path`: YAML (a list, or {"monitors": [...]}) or, for `.toml`, [[monitors]] tables."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise SitesFileError(f"cannot read {path}: {error}") from None
+    try:
+        document: Any = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
+        raise SitesFileError(f"{path} is not valid {path.suffix[1:] or 'YAML'}: {error}") from None
+    if isinstance(document, dict):
+        document = document.get("monitors")
+    if not isinstance(document, list):
+        raise SitesFileError(f"{path}: expected a list of sites or a 'monitors' list")
+    sites = []
+    for number, entry in enumerate(document, start=1):
+        try:
+            sites.append(MonitorIn.model_validate(entry))
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in problem['loc']) or 'entry'}: {problem['msg']}"
+                for problem in error.errors()
+            )
+            raise SitesFileError(f"{path}: site {number}: {problems}") from None
+    urls = [site.url for site in sites]
+    duplicated = sorted({url for url in urls if urls.count(url) > 1})
+    if duplicated:
+        raise SitesFileError(f"{path}: listed more than once: {', '.join(duplicated)}")
+    return sites
+
+
+async def sync_sites(resources: Resources, sites: list[MonitorIn]) -> list[tuple[str, str]]:
+    """Create or update each site's monitor; return (outcome, url) per site, in file order.
+
+    Every site is validated before anything is written, so a bad file changes nothing."""
+    default_timeout = resources.settings.monitor_default_timeout_s
+    try:
+        all_fields = [
+            validated_fields(
+                resources.http,
+                url=site.url,
+                interval_s=site.interval_s,
+                timeout_s=site.timeout_s or min(default_timeout, site.interval_s),
+                method=site.method,
+                regex=site.regex,
+            )
+            for site in sites
+        ]
+    except Unprocessable as error:
+        raise SitesFileError(error.detail) from None
+    return [(await store.sync_monitor(resources.pool, fields), fields.url) for fields in all_fields]

@@ -1,0 +1,161 @@
+"""Storing check results: day partitions, idempotency on the check id, rollups, retention."""
+
+import asyncio
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from errands.core.bus import MemoryBus
+from errands.core.db import Pool
+from errands.core.resources import Resources
+from errands.monitors import store
+from errands.monitors.results import CheckResult, encode_check, histogram_of
+from errands.monitors.sink import run_sink, store_batch
+
+
+def results_for(
+    monitor_id: uuid.UUID, start: datetime, count: int, step: timedelta, seed: int = 1
+) -> list[CheckResult]:
+    generator = random.Random(seed)
+    results = []
+    for n in range(count):
+        down = n % 10 == 0
+        results.append(
+            CheckResult(
+                check_id=uuid.uuid4(),
+                monitor_id=monitor_id,
+                checked_at=start + n * step,
+                url="http://example.test/",
+                status_code=None if down else 200,
+                response_time_ms=None if down else round(generator.uniform(5, 500), 3),
+                dns_ms=None,
+                connect_ms=None,
+                tls_ms=None,
+                first_byte_ms=None,
+                regex_matched=None,
+                error_kind="timeout" if down else None,
+                error="timed out" if down else None,
+            )
+        )
+    return results
+
+
+async def count(pool: Pool, query: str, *params: object) -> int:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(query, params)
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(next(iter(row.values())) or 0)
+
+
+async def test_a_batch_is_stored_once_however_often_it_arrives(resources: Resources) -> None:
+    monitor_id = uuid.uuid4()
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    results = results_for(monitor_id, start, 300, timedelta(seconds=30))
+    values = [encode_check(result) for result in results]
+
+    assert await store_batch(resources, values) == 300
+    assert await store_batch(resources, values) == 0
+    assert await store_batch(resources, values[100:] + values[:50]) == 0
+
+    pool = resources.pool
+    assert await count(pool, "SELECT count(*) FROM checks") == 300
+    assert await count(pool, "SELECT sum(checks) FROM check_rollups") == 300
+    assert await count(pool, "SELECT sum(up) FROM check_rollups") == 270
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT hour, checks, responses, latency_histogram FROM check_rollups ORDER BY hour"
+        )
+        rollups = await cursor.fetchall()
+    assert [row["hour"] for row in rollups] == [start + timedelta(hours=h) for h in range(3)]
+    for row in rollups:
+        in_hour = [
+            r.response_time_ms
+            for r in results
+            if row["hour"] <= r.checked_at < row["hour"] + timedelta(hours=1)
+            and r.response_time_ms is not None
+        ]
+        assert row["responses"] == len(in_hour)
+        # Rows are stored as real (single precision): bucket them the same way.
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT array_agg(response_time_ms::float8) AS ms FROM checks"
+                " WHERE checked_at >= %s AND checked_at < %s",
+                (row["hour"], row["hour"] + timedelta(hours=1)),
+            )
+            stored = await cursor.fetchone()
+        assert stored is not None
+        assert row["latency_histogram"] == histogram_of([v for v in stored["ms"] if v])
+
+
+async def test_a_batch_split_differently_on_redelivery_adds_only_the_new_rows(
+    resources: Resources,
+) -> None:
+    monitor_id = uuid.uuid4()
+    start = datetime.now(UTC) - timedelta(minutes=30)
+    values = [encode_check(r) for r in results_for(monitor_id, start, 100, timedelta(seconds=10))]
+    assert await store_batch(resources, values[:60]) == 60
+    assert await store_batch(resources, values[40:]) == 40
+    assert await count(resources.pool, "SELECT count(*) FROM checks") == 100
+    assert await count(resources.pool, "SELECT sum(checks) FROM check_rollups") == 100
+
+
+async def test_partitions_are_made_on_demand_for_each_day(resources: Resources) -> None:
+    monitor_id = uuid.uuid4()
+    start = datetime.now(UTC) - timedelta(days=5)
+    values = [encode_check(r) for r in results_for(monitor_id, start, 6, timedelta(days=1))]
+    assert await store_batch(resources, values) == 6
+    async with resources.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT tableoid::regclass::text AS part, count(*) FROM checks GROUP BY 1"
+        )
+        parts = {row["part"]: row["count"] for row in await cursor.fetchall()}
+    expected_days = {(start + timedelta(days=n)).date() for n in range(6)}
+    assert parts == {store.partition_name(day): 1 for day in expected_days}
+
+
+async def test_bad_and_out_of_range_messages_are_skipped(resources: Resources) -> None:
+    monitor_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    good = results_for(monitor_id, now, 2, timedelta(seconds=1))
+    too_old = results_for(monitor_id, now - timedelta(days=1000), 1, timedelta(seconds=1))
+    future = results_for(monitor_id, now + timedelta(days=30), 1, timedelta(seconds=1))
+    values = [b"garbage", *(encode_check(r) for r in good + too_old + future)]
+    assert await store_batch(resources, values) == 2
+    assert await count(resources.pool, "SELECT count(*) FROM checks") == 2
+
+
+async def test_retention_drops_whole_old_partitions_and_rollups(resources: Resources) -> None:
+    monitor_id = uuid.uuid4()
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    old = results_for(monitor_id, today - timedelta(days=10), 5, timedelta(minutes=1))
+    recent = results_for(monitor_id, today - timedelta(days=1), 5, timedelta(minutes=1))
+    await store_batch(resources, [encode_check(r) for r in old + recent])
+
+    dropped = await store.drop_expired(resources.pool, (today - timedelta(days=5)).date())
+
+    assert dropped == [store.partition_name((today - timedelta(days=10)).date())]
+    assert await count(resources.pool, "SELECT count(*) FROM checks") == 5
+    assert await count(resources.pool, "SELECT sum(checks) FROM check_rollups") == 5
+
+
+async def test_the_sink_loop_stores_what_the_in_process_bus_carries(
+    resources: Resources, stop_event: asyncio.Event
+) -> None:
+    bus = resources.bus
+    assert isinstance(bus, MemoryBus)  # no Kafka configured
+    sink = asyncio.create_task(run_sink(resources, stop_event))
+    monitor_id = uuid.uuid4()
+    for result in results_for(monitor_id, datetime.now(UTC), 50, timedelta(seconds=1)):
+        await bus.publish(str(monitor_id).encode(), encode_check(result))
+    deadline = asyncio.get_running_loop().time() + 10
+    while await count(resources.pool, "SELECT count(*) FROM checks") < 50:
+        assert asyncio.get_running_loop().time() < deadline, "sink did not store the results"
+        await asyncio.sleep(0.05)
+    stop_event.set()
+    await asyncio.wait_for(sink, 5)
+    # Housekeeping made today's partition and the next ones ahead of need.
+    today = datetime.now(UTC).date()
+    for ahead in range(3):
+        name = store.partition_name(today + timedelta(days=ahead))
+        assert await count(resources.pool, "SELECT count(*) FROM pg_class WHERE relname = %s", name)
