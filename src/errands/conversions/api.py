@@ -1,0 +1,446 @@
+"""Conversions: `POST /uploads` stores files and queues them, `GET /uploads/{id}...` reports the
+PNGs made of them, and `GET /files/{path}` downloads any stored original or PNG."""
+
+import mimetypes
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from errands.conversions import store
+from errands.conversions.convert import MAGIC_BYTES_NEEDED, detect_kind
+from errands.core.errors import ErrandsError, NotFound, PayloadTooLarge, UnsupportedMediaType
+from errands.core.resources import Resources, get_resources
+from errands.core.storage import InvalidKey, Storage, StoredFileMissing, Writer, check_key
+
+__all__ = [
+    "FileView",
+    "ImageView",
+    "OriginalView",
+    "UploadCreated",
+    "UploadImages",
+    "UploadOriginals",
+    "UploadStatus",
+    "UploadView",
+    "router",
+    "upload_status",
+]
+
+router = APIRouter(tags=["conversions"])
+
+FILES_FIELD = "files"
+MAX_FILENAME_CHARS = 255
+EXTENSIONS = {"pdf": "pdf", "png": "png", "jpeg": "jpg"}
+
+Status = Literal["queued", "processing", "done", "failed"]
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+
+
+class UploadCreated(BaseModel):
+    id: uuid.UUID
+    status: Literal["queued"]
+
+
+class ImageView(BaseModel):
+    page: int = Field(description="Page number, from 1 (images have one page).")
+    path: str = Field(description="Where to download the PNG: `GET <path>`.")
+    width: int
+    height: int
+
+
+class FileView(BaseModel):
+    id: uuid.UUID
+    filename: str = Field(description="The name the file was uploaded with (metadata only).")
+    type: Literal["pdf", "png", "jpeg"] = Field(description="Detected from the content.")
+    size_bytes: int
+    original_path: str = Field(description="Where to download the original: `GET <path>`.")
+    status: Status
+    error: str | None = Field(description="Why the file failed, when it did.")
+    attempts: int = Field(description="Conversion processes started for this file.")
+    images: list[ImageView]
+
+
+class UploadView(BaseModel):
+    id: uuid.UUID
+    status: Status
+    files: list[FileView]
+
+
+class UploadStatus(BaseModel):
+    id: uuid.UUID
+    status: Status
+    files_total: int
+    files_done: int
+    files_failed: int
+
+
+class FileImage(ImageView):
+    file_id: uuid.UUID
+    filename: str
+
+
+class UploadImages(BaseModel):
+    id: uuid.UUID
+    status: Status
+    images: list[FileImage]
+
+
+class OriginalView(BaseModel):
+    file_id: uuid.UUID
+    filename: str
+    type: Literal["pdf", "png", "jpeg"]
+    size_bytes: int
+    path: str
+
+
+class UploadOriginals(BaseModel):
+    id: uuid.UUID
+    originals: list[OriginalView]
+
+
+def upload_status(statuses: list[str]) -> Status:
+    """One status for an upload: done when every file is; failed when all finished but one
+    failed; processing once any file started or finished; queued before that."""
+    if all(status == "done" for status in statuses):
+        return "done"
+    if any(status in ("queued", "processing") for status in statuses):
+        return "queued" if all(status == "queued" for status in statuses) else "processing"
+    return "failed"
+
+
+def clean_filename(raw: str) -> str:
+    """The uploaded name without folders or control characters, kept only to show it back."""
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(char for char in name if char.isprintable()).strip()
+    return name[:MAX_FILENAME_CHARS] or "file"
+
+
+def file_path(key: str) -> str:
+    return f"/files/{key}"
+
+
+class _IncomingFile:
+    """One file part of the request while it streams in: held back until its type is known."""
+
+    def __init__(self, upload_id: uuid.UUID, filename: str) -> None:
+        self.id = uuid.uuid4()
+        self.upload_id = upload_id
+        self.filename = filename
+        self.head = bytearray()
+        self.kind: str | None = None
+        self.writer: Writer | None = None
+
+    @property
+    def key(self) -> str:
+        assert self.kind is not None
+        return f"uploads/{self.upload_id}/{self.id}/original.{EXTENSIONS[self.kind]}"
+
+    async def write(self, storage: Storage, chunk: bytes) -> None:
+        if self.writer is None:
+            self.head += chunk
+            if len(self.head) >= MAGIC_BYTES_NEEDED:
+                await self._start(storage)
+        else:
+            await self.writer.write(chunk)
+
+    async def finish(self, storage: Storage) -> store.NewFile:
+        if self.writer is None:
+            await self._start(storage)
+        assert self.writer is not None and self.kind is not None
+        await self.writer.commit()
+        return store.NewFile(
+            id=self.id,
+            filename=self.filename,
+            kind=self.kind,
+            size_bytes=self.writer.bytes_written,
+            original_key=self.key,
+        )
+
+    async def _start(self, storage: Storage) -> None:
+        self.kind = detect_kind(bytes(self.head))
+        if self.kind is None:
+            raise UnsupportedMediaType(
+                f"{self.filename!r} is not a PDF, PNG or JPEG file (judged by its content)"
+            )
+        self.writer = await storage.open_write(self.key)
+        await self.writer.write(bytes(self.head))
+        self.head.clear()
+
+
+class _UploadReader:
+    """Streams a multipart body into storage, file by file, within the byte and file caps.
+
+    The parser calls back synchronously; the callbacks only note events, which are then
+    written out with `await` between the chunks the request delivers.
+    """
+
+    def __init__(self, upload_id: uuid.UUID, storage: Storage, max_files: int) -> None:
+        self.upload_id = upload_id
+        self.storage = storage
+        self.max_files = max_files
+        self.stored: list[store.NewFile] = []
+        self.current: _IncomingFile | None = None
+        self._events: list[tuple[str, bytes]] = []
+        self._header_name = b""
+        self._header_value = b""
+        self._disposition = b""
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self._on_part_begin,
+            "on_header_field": self._on_header_field,
+            "on_header_value": self._on_header_value,
+            "on_header_end": self._on_header_end,
+            "on_headers_finished": self._on_headers_finished,
+            "on_part_data": self._on_part_data,
+            "on_part_end": self._on_part_end,
+        }
+
+    def _on_part_begin(self) -> None:
+        self._disposition = b""
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        if self._header_name.lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_name = self._header_value = b""
+
+    def _on_headers_finished(self) -> None:
+        self._events.append(("part", self._disposition))
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self._events.append(("data", bytes(data[start:end])))
+
+    def _on_part_end(self) -> None:
+        self._events.append(("end", b""))
+
+    async def write_events(self) -> None:
+        events, self._events = self._events, []
+        for event, data in events:
+            if event == "part":
+                self.current = self._start_part(data)
+            elif event == "data" and self.current is not None:
+                await self.current.write(self.storage, data)
+            elif event == "end" and self.current is not None:
+                file, self.current = self.current, None
+                self.stored.append(await file.finish(self.storage))
+
+    def _start_part(self, disposition: bytes) -> _IncomingFile:
+        _, params = parse_options_header(disposition)
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        if name != FILES_FIELD or filename is None:
+            raise ErrandsError(
+                f"unexpected form field {name!r}: send each file as a {FILES_FIELD!r} file field"
+            )
+        if len(self.stored) >= self.max_files:
+            raise PayloadTooLarge(f"too many files: at most {self.max_files} per upload")
+        return _IncomingFile(self.upload_id, clean_filename(filename.decode("utf-8", "replace")))
+
+    async def discard(self) -> None:
+        """Remove everything this request stored: the upload is refused as a whole."""
+        if self.current is not None and self.current.writer is not None:
+            await self.current.writer.discard()
+        for file in self.stored:
+            await self.storage.delete(file.original_key)
+
+
+UPLOAD_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILES_FIELD],
+                    "properties": {
+                        FILES_FIELD: {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/uploads",
+    response_model=UploadCreated,
+    openapi_extra=UPLOAD_BODY_DOC,
+    responses={
+        400: {"description": "Not a multipart upload of files"},
+        413: {"description": "Larger than the upload cap"},
+        415: {"description": "A file is not a PDF, PNG or JPEG"},
+    },
+)
+async def create_upload(request: Request, resources: ResourcesDep) -> dict[str, object]:
+    """Upload one or several PDF, PNG or JPEG files as multipart `files`; answers at once with
+    the upload's id while the files are converted in the background."""
+    settings = resources.settings
+    content_type, params = parse_options_header(request.headers.get("content-type"))
+    boundary = params.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise ErrandsError("send the files as multipart/form-data, each in a 'files' field")
+    cap = settings.upload_max_bytes
+    too_large = PayloadTooLarge(f"the upload is larger than the {cap}-byte limit")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise too_large
+
+    upload_id = uuid.uuid4()
+    reader = _UploadReader(upload_id, resources.storage, settings.upload_max_files)
+    parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > cap:
+                raise too_large
+            parser.write(chunk)
+            await reader.write_events()
+        parser.finalize()
+        await reader.write_events()
+        if reader.current is not None or not reader.stored:
+            raise ErrandsError("no complete file in the upload: send one or more 'files'")
+        await store.create_upload(resources.pool, upload_id, reader.stored)
+    except FormParserError:
+        await reader.discard()
+        raise ErrandsError("the multipart body is malformed") from None
+    except BaseException:
+        await reader.discard()
+        raise
+    return {"id": upload_id, "status": "queued"}
+
+
+async def _files_of(resources: Resources, upload_id: uuid.UUID) -> list[store.StoredFile]:
+    files = await store.files_of_upload(resources.pool, upload_id)
+    if files is None:
+        raise NotFound(f"no upload with id {upload_id}")
+    return files
+
+
+def _file_view(file: store.StoredFile) -> FileView:
+    return FileView(
+        id=file.id,
+        filename=file.filename,
+        type=file.kind,
+        size_bytes=file.size_bytes,
+        original_path=file_path(file.original_key),
+        status=file.status,
+        error=file.error,
+        attempts=file.attempts,
+        images=[
+            ImageView(
+                page=image.page,
+                path=file_path(image.storage_key),
+                width=image.width,
+                height=image.height,
+            )
+            for image in file.images
+        ],
+    )
+
+
+@router.get("/uploads/{upload_id}", response_model=UploadView)
+async def read_upload(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadView:
+    """The upload's status and, per file, its original, status, error and PNGs."""
+    files = await _files_of(resources, upload_id)
+    return UploadView(
+        id=upload_id,
+        status=upload_status([file.status for file in files]),
+        files=[_file_view(file) for file in files],
+    )
+
+
+@router.get("/uploads/{upload_id}/status", response_model=UploadStatus)
+async def read_upload_status(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadStatus:
+    """Whether processing is done, with counts of files done and failed."""
+    files = await _files_of(resources, upload_id)
+    return UploadStatus(
+        id=upload_id,
+        status=upload_status([file.status for file in files]),
+        files_total=len(files),
+        files_done=sum(file.status == "done" for file in files),
+        files_failed=sum(file.status == "failed" for file in files),
+    )
+
+
+@router.get("/uploads/{upload_id}/images", response_model=UploadImages)
+async def read_upload_images(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadImages:
+    """Every PNG made so far, in file then page order, with its resolution."""
+    files = await _files_of(resources, upload_id)
+    return UploadImages(
+        id=upload_id,
+        status=upload_status([file.status for file in files]),
+        images=[
+            FileImage(
+                file_id=file.id,
+                filename=file.filename,
+                page=image.page,
+                path=file_path(image.storage_key),
+                width=image.width,
+                height=image.height,
+            )
+            for file in files
+            for image in file.images
+        ],
+    )
+
+
+@router.get("/uploads/{upload_id}/originals", response_model=UploadOriginals)
+async def read_upload_originals(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadOriginals:
+    """Where to download each uploaded file as it was received."""
+    files = await _files_of(resources, upload_id)
+    return UploadOriginals(
+        id=upload_id,
+        originals=[
+            OriginalView(
+                file_id=file.id,
+                filename=file.filename,
+                type=file.kind,
+                size_bytes=file.size_bytes,
+                path=file_path(file.original_key),
+            )
+            for file in files
+        ],
+    )
+
+
+@router.get(
+    "/files/{path:path}",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "application/pdf": {}}},
+        400: {"description": "Not a valid file path"},
+        404: {"description": "No such file"},
+    },
+)
+async def download_file(path: str, resources: ResourcesDep) -> StreamingResponse:
+    """Download a stored original or PNG by the path an upload reported."""
+    try:
+        key = check_key(path)
+    except InvalidKey:
+        raise ErrandsError(f"invalid file path: {path!r}") from None
+    if not await store.is_stored_key(resources.pool, key):
+        raise NotFound(f"no file at {file_path(key)}")
+    try:
+        chunks: AsyncIterator[bytes] = await resources.storage.read(key)
+    except StoredFileMissing:
+        raise NotFound(f"no file at {file_path(key)}") from None
+    media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    return StreamingResponse(
+        chunks, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"}
+    )

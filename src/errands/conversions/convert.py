@@ -1,0 +1,252 @@
+"""Turning one uploaded file into PNGs no larger than a square of `max_side`, and the child-process
+entry point that does it under a memory limit: `python -m errands.conversions.convert`.
+
+The child reads one JSON job on stdin and writes one JSON result on stdout. A file Errands
+refuses (too large, encrypted, corrupt) is a result with an `error`; a crash is the child's exit.
+"""
+
+import json
+import math
+import resource
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "MAGIC_BYTES_NEEDED",
+    "ConversionError",
+    "FileKind",
+    "Job",
+    "Limits",
+    "Page",
+    "convert_file",
+    "detect_kind",
+    "fit_within",
+    "pdf_scale",
+]
+
+FileKind = Literal["pdf", "png", "jpeg"]
+
+# The longest signature below, so a reader knows how many bytes to look at.
+MAGIC_BYTES_NEEDED = 8
+
+SIGNATURES: tuple[tuple[bytes, FileKind], ...] = (
+    (b"%PDF-", "pdf"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+)
+
+POINTS_PER_INCH = 72
+# A page larger than this (in either direction) is a malformed or hostile file, not a document.
+MAX_PAGE_SIDE_IN = 200
+
+# Exit status of a child that ran out of memory under its limit (crashes have their own signals).
+EXIT_OUT_OF_MEMORY = 3
+
+
+class ConversionError(Exception):
+    """The file cannot be converted; the message is shown to the user as the file's error."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_side: int
+    pdf_dpi: int
+    max_pixels: int
+    max_pdf_pages: int
+
+
+@dataclass(frozen=True)
+class Page:
+    """One PNG written for a file: its page number (from 1), file name and size."""
+
+    page: int
+    filename: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Job:
+    source: str
+    kind: FileKind
+    out_dir: str
+    limits: Limits
+    memory_limit_bytes: int
+
+
+def detect_kind(head: bytes) -> FileKind | None:
+    """The file's type from its first bytes, whatever its name or declared content type says."""
+    for signature, kind in SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    return None
+
+
+def fit_within(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size of `width`x`height` scaled down to fit a `max_side` square; never scaled up."""
+    longest = max(width, height)
+    if longest <= max_side:
+        return width, height
+    scale = max_side / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def pdf_scale(width_pt: float, height_pt: float, dpi: int, max_side: int) -> float:
+    """Render scale for a page: `dpi`, lowered so that neither rendered side exceeds `max_side`.
+
+    The renderer rounds each side up, so the scale is nudged down until the rounded size fits.
+    """
+    longest = max(width_pt, height_pt)
+    scale = min(dpi / POINTS_PER_INCH, max_side / longest)
+    while math.ceil(longest * scale) > max_side:
+        scale = math.nextafter(scale, 0.0)
+    return scale
+
+
+def convert_file(source: Path, kind: FileKind, out_dir: Path, limits: Limits) -> list[Page]:
+    """Write the PNGs for `source` into `out_dir` as page-0001.png, page-0002.png, ..."""
+    if kind == "pdf":
+        return _convert_pdf(source, out_dir, limits)
+    return [_convert_image(source, out_dir, limits)]
+
+
+def _page_filename(number: int) -> str:
+    return f"page-{number:04d}.png"
+
+
+def _convert_image(source: Path, out_dir: Path, limits: Limits) -> Page:
+    import pyvips
+
+    try:
+        # Opening reads the header only; pixels are decoded later, after the size check.
+        header = pyvips.Image.new_from_file(str(source), access="sequential")
+        if header.width * header.height > limits.max_pixels:
+            raise ConversionError(f"image too large: {header.width}x{header.height}")
+        # Shrink-on-load where the format allows it; rotated upright by its EXIF orientation.
+        image = pyvips.Image.thumbnail(
+            str(source),
+            limits.max_side,
+            height=limits.max_side,
+            size="down",
+            fail_on="error",
+        )
+        image = _to_8bit_srgb(image)
+        filename = _page_filename(1)
+        # Metadata is dropped: an embedded CMYK or 16-bit profile would no longer describe it.
+        image.pngsave(str(out_dir / filename), keep="none")
+        return Page(page=1, filename=filename, width=image.width, height=image.height)
+    except pyvips.Error as error:
+        detail = error.detail or error.message
+        if "out of memory" in detail:
+            raise MemoryError(detail) from None
+        raise ConversionError(f"not a readable image: {_first_line(detail)}") from None
+
+
+def _to_8bit_srgb(image: Any) -> Any:
+    """8-bit sRGB (or 8-bit grey for grey input), alpha kept."""
+    colour_bands = image.bands - (1 if image.hasalpha() else 0)
+    target = "b-w" if colour_bands == 1 else "srgb"
+    if image.interpretation != target or image.format != "uchar":
+        image = image.colourspace(target)
+    if image.format != "uchar":
+        image = image.cast("uchar")
+    return image
+
+
+def _convert_pdf(source: Path, out_dir: Path, limits: Limits) -> list[Page]:
+    import pypdfium2 as pdfium
+    import pyvips
+
+    try:
+        document = pdfium.PdfDocument(str(source))
+    except pdfium.PdfiumError as error:
+        if "password" in str(error).lower():
+            raise ConversionError("the PDF is encrypted (password protected)") from None
+        raise ConversionError(f"not a readable PDF: {error}") from None
+    try:
+        count = len(document)
+        if count == 0:
+            raise ConversionError("the PDF has no pages")
+        if count > limits.max_pdf_pages:
+            raise ConversionError(f"too many pages: {count} (at most {limits.max_pdf_pages})")
+        pages = []
+        for index in range(count):
+            number = index + 1
+            page = document[index]
+            try:
+                width_pt, height_pt = page.get_size()
+                _check_page_size(number, width_pt, height_pt)
+                scale = pdf_scale(width_pt, height_pt, limits.pdf_dpi, limits.max_side)
+                # 4 bytes per pixel keeps rows unpadded, so the buffer maps straight onto vips.
+                bitmap = page.render(scale=scale, rev_byteorder=True, prefer_bgrx=True)
+                try:
+                    rgbx = pyvips.Image.new_from_memory(
+                        bitmap.buffer, bitmap.width, bitmap.height, 4, "uchar"
+                    )
+                    filename = _page_filename(number)
+                    rgbx.extract_band(0, n=3).pngsave(str(out_dir / filename), keep="none")
+                    pages.append(Page(number, filename, bitmap.width, bitmap.height))
+                finally:
+                    bitmap.close()
+            except pdfium.PdfiumError as error:
+                raise ConversionError(f"page {number} cannot be rendered: {error}") from None
+            finally:
+                page.close()
+        return pages
+    finally:
+        document.close()
+
+
+def _check_page_size(number: int, width_pt: float, height_pt: float) -> None:
+    width_in, height_in = width_pt / POINTS_PER_INCH, height_pt / POINTS_PER_INCH
+    usable = 0 < width_in <= MAX_PAGE_SIDE_IN and 0 < height_in <= MAX_PAGE_SIDE_IN
+    if not (usable and math.isfinite(width_in) and math.isfinite(height_in)):
+        raise ConversionError(
+            f"page {number} has an unusable size: {width_in:.4g}x{height_in:.4g} inches"
+        )
+
+
+def _first_line(message: str) -> str:
+    return message.strip().splitlines()[0] if message.strip() else "unknown error"
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def job_from_json(text: str) -> Job:
+    raw = json.loads(text)
+    return Job(
+        source=raw["source"],
+        kind=raw["kind"],
+        out_dir=raw["out_dir"],
+        limits=Limits(**raw["limits"]),
+        memory_limit_bytes=raw["memory_limit_bytes"],
+    )
+
+
+def job_to_json(job: Job) -> str:
+    return json.dumps(asdict(job))
+
+
+def main() -> None:
+    """Child entry point: limit memory, convert one file, report pages or error and peak RSS."""
+    job = job_from_json(sys.stdin.read())
+    # The limit comes first, so the libraries loaded below cannot grow past it either.
+    resource.setrlimit(resource.RLIMIT_AS, (job.memory_limit_bytes, job.memory_limit_bytes))
+    result: dict[str, Any]
+    try:
+        pages = convert_file(Path(job.source), job.kind, Path(job.out_dir), job.limits)
+        result = {"pages": [asdict(page) for page in pages]}
+    except ConversionError as error:
+        result = {"error": str(error)}
+    except MemoryError:
+        sys.exit(EXIT_OUT_OF_MEMORY)
+    result["peak_rss_bytes"] = _peak_rss_bytes()
+    sys.stdout.write(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

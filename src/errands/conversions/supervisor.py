@@ -1,0 +1,226 @@
+"""The conversion supervisor: claims uploaded files and converts each in its own child process
+under a memory limit, so a file that crashes or exhausts its child fails alone."""
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import structlog
+
+from errands.config import Settings
+from errands.conversions import store
+from errands.conversions.convert import EXIT_OUT_OF_MEMORY, Job, Limits, job_to_json
+from errands.core import claims, metrics
+from errands.core.resources import Resources
+from errands.core.storage import StoredFileMissing
+
+__all__ = ["MAX_ATTEMPTS", "convert_uploaded_files"]
+
+log = structlog.get_logger(__name__)
+
+# A child that crashes is given one more try (the crash may have been the machine's, not the
+# file's); a second crash fails the file.
+MAX_ATTEMPTS = 2
+QUEUE_DEPTH_INTERVAL_S = 5.0
+POLL_INTERVAL_S = 1.0
+STDERR_TAIL_CHARS = 500
+
+
+@dataclass(frozen=True)
+class Converted:
+    pages: list[dict[str, int | str]]
+    peak_rss_bytes: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    error: str
+    peak_rss_bytes: int
+
+
+@dataclass(frozen=True)
+class Crashed:
+    reason: str
+
+
+Outcome = Converted | Refused | Crashed
+
+
+async def convert_uploaded_files(resources: Resources, stop: asyncio.Event) -> None:
+    """The "conversions" loop: convert claimed files, `conversion_workers` at a time, until stop."""
+    settings = resources.settings
+    owner = claims.new_owner()
+    queue = claims.ClaimQueue(
+        table=store.TABLE,
+        channel=store.CHANNEL,
+        lease=timedelta(seconds=settings.conversion_lease_s),
+        batch_size=settings.conversion_workers,
+        max_in_flight=settings.conversion_workers,
+        poll_interval_s=POLL_INTERVAL_S,
+    )
+    work_dir = settings.data_dir / "work"
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    async def convert_claimed(row: claims.Row) -> None:
+        await convert_one_file(resources, owner, work_dir, row)
+
+    depth = asyncio.create_task(_report_queue_depth(resources, stop), name="conversion-depth")
+    try:
+        await claims.run_claim_loop(
+            queue,
+            resources.pool,
+            resources.database_url,
+            convert_claimed,
+            stop,
+            owner=owner,
+            grace_s=settings.shutdown_grace_s,
+        )
+    finally:
+        depth.cancel()
+        await asyncio.gather(depth, return_exceptions=True)
+
+
+async def convert_one_file(
+    resources: Resources, owner: str, work_dir: Path, row: claims.Row
+) -> None:
+    """Convert one claimed file and record its PNGs or its error."""
+    pool, storage, settings = resources.pool, resources.storage, resources.settings
+    file_id: uuid.UUID = row["id"]
+    attempts = await store.start_file(pool, file_id, owner)
+    if attempts is None:
+        return  # the lease went to another worker
+    if attempts > MAX_ATTEMPTS:
+        # Earlier attempts ended with their whole worker gone: no third chance.
+        await store.fail_file(
+            pool, file_id, owner, f"conversion did not finish after {MAX_ATTEMPTS} attempts"
+        )
+        return
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(dir=work_dir) as out_dir:
+            try:
+                async with storage.local_copy(row["original_key"]) as source:
+                    outcome = await run_child(settings, source, row["kind"], Path(out_dir))
+            except StoredFileMissing:
+                outcome = Refused("the original file is missing from storage", 0)
+            if isinstance(outcome, Converted):
+                images = []
+                for page in outcome.pages:
+                    key = f"uploads/{row['upload_id']}/{file_id}/{page['filename']}"
+                    await storage.put_file(key, Path(out_dir) / str(page["filename"]))
+                    images.append(
+                        store.Image(
+                            page=int(page["page"]),
+                            storage_key=key,
+                            width=int(page["width"]),
+                            height=int(page["height"]),
+                        )
+                    )
+                await store.finish_file(pool, file_id, owner, images)
+    except asyncio.CancelledError:
+        # Shutting down: the file goes back to the queue without counting this attempt.
+        await store.requeue_file(pool, file_id, owner, count_attempt=False)
+        raise
+    elapsed = time.monotonic() - started
+    if isinstance(outcome, Converted | Refused) and outcome.peak_rss_bytes:
+        metrics.CONVERSION_CHILD_PEAK_RSS.observe(outcome.peak_rss_bytes)
+    if isinstance(outcome, Refused):
+        await store.fail_file(pool, file_id, owner, outcome.error)
+    elif isinstance(outcome, Crashed):
+        log.warning("conversion_child_crashed", file_id=str(file_id), reason=outcome.reason)
+        if attempts < MAX_ATTEMPTS:
+            await store.requeue_file(pool, file_id, owner, count_attempt=True)
+            metrics.CONVERSION_DURATION.labels(outcome="retried").observe(elapsed)
+            return
+        await store.fail_file(
+            pool, file_id, owner, f"{outcome.reason}; gave up after {attempts} attempts"
+        )
+    outcome_name = "done" if isinstance(outcome, Converted) else "failed"
+    metrics.CONVERSION_DURATION.labels(outcome=outcome_name).observe(elapsed)
+    log.info("file_converted", file_id=str(file_id), outcome=outcome_name, seconds=elapsed)
+
+
+def child_command() -> list[str]:
+    """How a conversion child is started: this Python, the converter module."""
+    return [sys.executable, "-m", "errands.conversions.convert"]
+
+
+def child_environment() -> dict[str, str]:
+    # Fewer malloc arenas keep the address space, which the memory limit caps, close to what is
+    # really used; each arena otherwise reserves 64 MiB per thread.
+    return {**os.environ, "MALLOC_ARENA_MAX": "2"}
+
+
+async def run_child(settings: Settings, source: Path, kind: str, out_dir: Path) -> Outcome:
+    """Convert `source` into `out_dir` in a new child process and say how it went."""
+    job = Job(
+        source=str(source),
+        kind=kind,  # type: ignore[arg-type]
+        out_dir=str(out_dir),
+        limits=Limits(
+            max_side=settings.conversion_max_side,
+            pdf_dpi=settings.pdf_dpi,
+            max_pixels=settings.max_pixels,
+            max_pdf_pages=settings.max_pdf_pages,
+        ),
+        memory_limit_bytes=settings.conversion_child_memory_mb * 1024 * 1024,
+    )
+    child = await asyncio.create_subprocess_exec(
+        *child_command(),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_environment(),
+    )
+    try:
+        async with asyncio.timeout(settings.conversion_timeout_s):
+            stdout, stderr = await child.communicate(job_to_json(job).encode())
+    except TimeoutError:
+        await _kill(child)
+        return Crashed(f"conversion took longer than {settings.conversion_timeout_s:g} s")
+    except asyncio.CancelledError:
+        await _kill(child)
+        raise
+    return _outcome(child.returncode, stdout, stderr, settings.conversion_child_memory_mb)
+
+
+async def _kill(child: asyncio.subprocess.Process) -> None:
+    if child.returncode is None:
+        child.kill()
+    await child.wait()
+
+
+def _outcome(returncode: int | None, stdout: bytes, stderr: bytes, memory_mb: int) -> Outcome:
+    if returncode == 0:
+        try:
+            result = json.loads(stdout)
+        except ValueError:
+            return Crashed("conversion process ended without a result")
+        if "error" in result:
+            return Refused(result["error"], result["peak_rss_bytes"])
+        return Converted(result["pages"], result["peak_rss_bytes"])
+    tail = stderr.decode("utf-8", "replace")[-STDERR_TAIL_CHARS:]
+    log.warning("conversion_child_stderr", returncode=returncode, stderr=tail)
+    if returncode == EXIT_OUT_OF_MEMORY:
+        return Crashed(f"conversion ran out of memory (limit {memory_mb} MB)")
+    if returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name
+        return Crashed(f"conversion process was killed ({name})")
+    return Crashed(f"conversion process crashed (exit status {returncode})")
+
+
+async def _report_queue_depth(resources: Resources, stop: asyncio.Event) -> None:
+    """Keep the queue-depth gauge current (files uploaded and not yet started)."""
+    while not stop.is_set():
+        metrics.CONVERSION_QUEUE_DEPTH.set(await store.count_waiting(resources.pool))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), QUEUE_DEPTH_INTERVAL_S)

@@ -1,0 +1,250 @@
+"""Uploading and reading back: type by content, size cap, nothing half-stored, safe downloads."""
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from errands.config import Settings
+from errands.conversions.api import upload_status
+from tests.conversions import samples
+from tests.fixtures.app import RunningApp, serve_app
+
+BOUNDARY = "errands-test-boundary"
+MULTIPART = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+
+def multipart_body(files: list[tuple[bytes, bytes]]) -> bytes:
+    """A multipart body byte for byte, as some clients send it: (filename, content) per file."""
+    body = b""
+    for filename, content in files:
+        body += (
+            f"--{BOUNDARY}\r\n".encode()
+            + b'Content-Disposition: form-data; name="files"; filename="'
+            + filename
+            + b'"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            + content
+            + b"\r\n"
+        )
+    return body + f"--{BOUNDARY}--\r\n".encode()
+
+
+def stored_files(settings: Settings) -> list[Path]:
+    root = settings.data_dir / "files"
+    return sorted(path for path in root.rglob("*") if path.is_file())
+
+
+async def count_rows(database_url: str) -> tuple[int, int]:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cursor = await conn.execute(
+            "SELECT (SELECT count(*) FROM uploads), (SELECT count(*) FROM upload_files)"
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def test_upload_status_sums_up_its_files() -> None:
+    assert upload_status(["queued", "queued"]) == "queued"
+    assert upload_status(["queued", "processing"]) == "processing"
+    assert upload_status(["done", "queued"]) == "processing"
+    assert upload_status(["done", "done"]) == "done"
+    assert upload_status(["done", "failed"]) == "failed"
+    assert upload_status(["failed", "processing"]) == "processing"
+
+
+async def test_upload_answers_at_once_and_keeps_the_original(api: httpx.AsyncClient) -> None:
+    content = samples.png(64, 48)
+    response = await api.post("/uploads", files=[("files", ("photo.png", content, "image/png"))])
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "queued"
+    upload_id = body["id"]
+    assert uuid.UUID(upload_id)
+
+    upload = (await api.get(f"/uploads/{upload_id}")).json()
+    assert upload["status"] == "queued"
+    [file] = upload["files"]
+    assert (file["filename"], file["type"], file["status"], file["error"], file["images"]) == (
+        "photo.png",
+        "png",
+        "queued",
+        None,
+        [],
+    )
+    assert file["size_bytes"] == len(content)
+    original = await api.get(file["original_path"])
+    assert original.status_code == 200
+    assert original.content == content
+    assert original.headers["content-type"] == "image/png"
+
+    status = (await api.get(f"/uploads/{upload_id}/status")).json()
+    assert status == {
+        "id": upload_id,
+        "status": "queued",
+        "files_total": 1,
+        "files_done": 0,
+        "files_failed": 0,
+    }
+    originals = (await api.get(f"/uploads/{upload_id}/originals")).json()
+    assert [item["path"] for item in originals["originals"]] == [file["original_path"]]
+    images = (await api.get(f"/uploads/{upload_id}/images")).json()
+    assert images == {"id": upload_id, "status": "queued", "images": []}
+
+
+async def test_the_same_filename_twice_is_stored_separately(api: httpx.AsyncClient) -> None:
+    first, second = samples.png(10, 10), samples.jpeg(20, 20)
+    response = await api.post(
+        "/uploads",
+        files=[
+            ("files", ("scan.png", first, "image/png")),
+            ("files", ("scan.png", second, "image/png")),
+        ],
+    )
+    upload = (await api.get(f"/uploads/{response.json()['id']}")).json()
+    paths = [file["original_path"] for file in upload["files"]]
+    assert [file["filename"] for file in upload["files"]] == ["scan.png", "scan.png"]
+    assert [file["type"] for file in upload["files"]] == ["png", "jpeg"]
+    assert len(set(paths)) == 2
+    assert [(await api.get(path)).content for path in paths] == [first, second]
+
+    again = await api.post("/uploads", files=[("files", ("scan.png", first, "image/png"))])
+    upload_again = (await api.get(f"/uploads/{again.json()['id']}")).json()
+    assert upload_again["files"][0]["original_path"] not in paths
+
+
+async def test_type_comes_from_the_content_not_the_name(api: httpx.AsyncClient) -> None:
+    response = await api.post(
+        "/uploads", files=[("files", ("report.pdf", samples.png(10, 10), "application/pdf"))]
+    )
+    upload = (await api.get(f"/uploads/{response.json()['id']}")).json()
+    assert upload["files"][0]["type"] == "png"
+    assert upload["files"][0]["original_path"].endswith("/original.png")
+
+
+async def test_filenames_are_kept_only_as_clean_metadata(api: httpx.AsyncClient) -> None:
+    body = multipart_body([(b"../../etc/pass\x07wd.png", samples.png(8, 8))])
+    response = await api.post("/uploads", content=body, headers=MULTIPART)
+    upload = (await api.get(f"/uploads/{response.json()['id']}")).json()
+    assert upload["files"][0]["filename"] == "passwd.png"
+    assert "etc" not in upload["files"][0]["original_path"]
+
+
+async def test_a_file_of_another_type_is_refused_and_nothing_is_kept(
+    api: httpx.AsyncClient, settings: Settings, database_url: str
+) -> None:
+    response = await api.post(
+        "/uploads",
+        files=[
+            ("files", ("fine.png", samples.png(10, 10), "image/png")),
+            ("files", ("notes.png", b"just some text, not an image", "image/png")),
+        ],
+    )
+    assert response.status_code == 415
+    assert response.json() == {
+        "detail": "'notes.png' is not a PDF, PNG or JPEG file (judged by its content)"
+    }
+    assert stored_files(settings) == []
+    assert await count_rows(database_url) == (0, 0)
+
+
+async def test_an_empty_file_is_refused(api: httpx.AsyncClient) -> None:
+    response = await api.post("/uploads", files=[("files", ("empty.png", b"", "image/png"))])
+    assert response.status_code == 415
+
+
+async def test_an_upload_over_the_cap_is_refused_and_nothing_is_kept(
+    settings: Settings, database_url: str
+) -> None:
+    small_cap = settings.model_copy(update={"upload_max_bytes": 64 * 1024})
+    big = samples.jpeg(64, 64) + bytes(100_000)  # still a JPEG by its first bytes
+    assert len(big) > 64 * 1024
+    async with serve_app(small_cap) as app:
+        declared = await app.client.post(
+            "/uploads",
+            files=[
+                ("files", ("small.png", samples.png(10, 10), "image/png")),
+                ("files", ("big.jpg", big, "image/jpeg")),
+            ],
+        )
+        assert declared.status_code == 413
+        assert declared.json() == {"detail": "the upload is larger than the 65536-byte limit"}
+
+        # Without a Content-Length the bytes are counted as they arrive.
+        body = multipart_body([(b"a.png", samples.png(10, 10)), (b"big.jpg", big)])
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(body), 8192):
+                yield body[start : start + 8192]
+
+        streamed = await app.client.post(
+            "/uploads",
+            content=chunks(),
+            headers=MULTIPART,
+        )
+        assert streamed.status_code == 413
+    assert stored_files(settings) == []
+    assert await count_rows(database_url) == (0, 0)
+
+
+async def test_requests_that_are_not_file_uploads_get_a_clear_400(api: httpx.AsyncClient) -> None:
+    not_multipart = await api.post("/uploads", json={"files": []})
+    assert not_multipart.status_code == 400
+    assert "multipart/form-data" in not_multipart.json()["detail"]
+
+    wrong_field = await api.post("/uploads", files=[("file", ("a.png", b"x", "image/png"))])
+    assert wrong_field.status_code == 400
+    assert "'file'" in wrong_field.json()["detail"]
+
+    no_files = await api.post(
+        "/uploads",
+        content=b"--b--\r\n",
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert no_files.status_code == 400
+    assert no_files.json() == {"detail": "no complete file in the upload: send one or more 'files'"}
+
+    malformed = await api.post(
+        "/uploads",
+        content=b"--b\r\nthis is not a header line\r\n\r\n",
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert malformed.status_code == 400
+
+
+async def test_unknown_uploads_are_404(api: httpx.AsyncClient) -> None:
+    missing = uuid.uuid4()
+    for suffix in ("", "/status", "/images", "/originals"):
+        response = await api.get(f"/uploads/{missing}{suffix}")
+        assert response.status_code == 404
+        assert response.json() == {"detail": f"no upload with id {missing}"}
+    assert (await api.get("/uploads/not-a-uuid")).status_code == 422
+
+
+async def test_files_outside_what_uploads_recorded_cannot_be_read(
+    app: RunningApp, settings: Settings
+) -> None:
+    secret = settings.data_dir / "secret.txt"
+    secret.write_text("secret")
+    (settings.data_dir / "files" / "uploads").mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / "files" / "uploads" / "stray.png").write_bytes(b"not recorded")
+    async with httpx.AsyncClient() as raw:
+        for path, status in [
+            ("/files/%2e%2e/secret.txt", 400),
+            ("/files/..%2Fsecret.txt", 400),
+            ("/files/uploads/%2e%2e/%2e%2e/secret.txt", 400),
+            ("/files/%2Fetc%2Fpasswd", 400),
+            ("/files//etc/passwd", 400),
+            ("/files/uploads%5C..%5C..%5Csecret.txt", 400),
+            ("/files/.partial/x", 400),
+            ("/files/uploads/stray.png", 404),
+            ("/files/uploads/nothing-here.png", 404),
+        ]:
+            # Sent byte for byte: the client must not tidy the path before the server sees it.
+            request = raw.build_request("GET", app.base_url)
+            request.url = request.url.copy_with(raw_path=path.encode())
+            response = await raw.send(request)
+            assert response.status_code == status, path
+            assert "detail" in response.json(), path
