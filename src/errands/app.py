@@ -4,8 +4,9 @@ background loops this process runs beside the API."""
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
@@ -13,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from errands.config import Settings
 from errands.conversions.api import router as conversions_router
-from errands.core.auth import ApiKeyMiddleware
+from errands.core.auth import PUBLIC_PATHS, ApiKeyMiddleware
 from errands.core.errors import ErrandsError
 from errands.core.limits import BodyLimitMiddleware
 from errands.core.logging import RequestLogMiddleware
@@ -22,6 +23,7 @@ from errands.core.resources import open_resources
 from errands.loops import run_loops
 from errands.monitors.api import router as monitors_router
 from errands.stats.api import router as stats_router
+from errands.stats.recorder import StatsMiddleware, StatsRecorder, flush_stats_until
 from errands.timers.api import router as timers_router
 from errands.titles.api import router as titles_router
 
@@ -34,6 +36,7 @@ READY_CHECK_TIMEOUT_S = 2.0
 
 def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
     """The app for `settings`; `loops` names the background loops to run in this process."""
+    stats_recorder = StatsRecorder()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,12 +46,19 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
             stop = asyncio.Event()
             background = asyncio.create_task(run_loops(resources, loops, stop), name="loops")
             background.add_done_callback(_exit_if_failed)
+            stats = asyncio.create_task(
+                flush_stats_until(
+                    stats_recorder, resources.pool, settings.stats_flush_interval_s, stop
+                ),
+                name="stats",
+            )
+            stats.add_done_callback(_exit_if_failed)
             try:
                 yield
             finally:
                 app.state.draining = True
                 stop.set()
-                await asyncio.gather(background, return_exceptions=True)
+                await asyncio.gather(background, stats, return_exceptions=True)
 
     app = FastAPI(
         title="Errands",
@@ -62,6 +72,9 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
     if settings.api_keys_enabled:
         app.add_middleware(ApiKeyMiddleware, cache_s=settings.api_key_cache_s)
     instrument(app)
+    app.openapi = _openapi_with_common_errors(app, keys=settings.api_keys_enabled)  # type: ignore[method-assign]
+    app.add_middleware(StatsMiddleware, recorder=stats_recorder)
+    app.state.stats_recorder = stats_recorder
     app.add_middleware(RequestLogMiddleware)
     app.add_exception_handler(ErrandsError, _render_errands_error)  # type: ignore[arg-type]
 
@@ -93,6 +106,50 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
 
 async def _render_errands_error(request: Request, error: ErrandsError) -> JSONResponse:
     return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+
+
+ERROR_DETAIL = {
+    "title": "ErrorDetail",
+    "type": "object",
+    "required": ["detail"],
+    "properties": {"detail": {"type": "string"}},
+}
+
+
+def _openapi_with_common_errors(app: FastAPI, *, keys: bool) -> Callable[[], dict[str, Any]]:
+    """The schema, documenting the answers any route may give besides its own: a body that
+    cannot be decoded (400) or is too large (413), API key refusals (401, 403, 503), and
+    `{"detail": "..."}` beside FastAPI's validation list for 422."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = FastAPI.openapi(app)
+        schema.setdefault("components", {}).setdefault("schemas", {})["ErrorDetail"] = ERROR_DETAIL
+        detail = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorDetail"}}}
+        validation = {"$ref": "#/components/schemas/HTTPValidationError"}
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                common = {}
+                if "requestBody" in operation:
+                    common["400"] = "The body cannot be decoded"
+                    common["413"] = "The body is larger than allowed"
+                if keys and path not in PUBLIC_PATHS:
+                    common["401"] = "Missing, invalid or revoked API key"
+                    common["403"] = "The API key lacks this route's scope"
+                    common["503"] = "The API key cannot be checked now"
+                responses = operation.setdefault("responses", {})
+                for status, description in common.items():
+                    responses.setdefault(status, {"description": description, "content": detail})
+                if "422" in responses:
+                    content = responses["422"].setdefault("content", {})
+                    listed = content.get("application/json", {}).get("schema")
+                    choices = [validation, detail["application/json"]["schema"]]
+                    choices += [listed] if listed is not None and listed not in choices else []
+                    content["application/json"] = {"schema": {"anyOf": choices}}
+        return schema
+
+    return openapi
 
 
 def _exit_if_failed(task: "asyncio.Task[None]") -> None:
