@@ -138,10 +138,7 @@ def _convert_image(source: Path, out_dir: Path, limits: Limits) -> Page:
         image.pngsave(str(out_dir / filename), keep="none")
         return Page(page=1, filename=filename, width=image.width, height=image.height)
     except pyvips.Error as error:
-        detail = error.detail or error.message
-        if "out of memory" in detail:
-            raise MemoryError(detail) from None
-        raise ConversionError(f"not a readable image: {_first_line(detail)}") from None
+        raise _vips_failure(error, "not a readable image") from None
 
 
 def _to_8bit_srgb(image: Any) -> Any:
@@ -192,6 +189,8 @@ def _convert_pdf(source: Path, out_dir: Path, limits: Limits) -> list[Page]:
                     bitmap.close()
             except pdfium.PdfiumError as error:
                 raise ConversionError(f"page {number} cannot be rendered: {error}") from None
+            except pyvips.Error as error:
+                raise _vips_failure(error, f"page {number} cannot be saved") from None
             finally:
                 page.close()
         return pages
@@ -206,6 +205,18 @@ def _check_page_size(number: int, width_pt: float, height_pt: float) -> None:
         raise ConversionError(
             f"page {number} has an unusable size: {width_in:.4g}x{height_in:.4g} inches"
         )
+
+
+# How libvips reports running out of its memory limit, as opposed to a bad file.
+OUT_OF_MEMORY_SIGNS = ("out of memory", "failed to allocate", "Error creating thread")
+
+
+def _vips_failure(error: Any, what: str) -> Exception:
+    """The exception for a libvips error: MemoryError under the limit, else the file's error."""
+    detail = error.detail or error.message
+    if any(sign in detail for sign in OUT_OF_MEMORY_SIGNS):
+        return MemoryError(detail)
+    return ConversionError(f"{what}: {_first_line(detail)}")
 
 
 def _first_line(message: str) -> str:

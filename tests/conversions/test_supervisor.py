@@ -1,0 +1,219 @@
+"""Uploads converted in the background by the supervisor's child processes, crashes included."""
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+import pyvips
+
+from errands.config import Settings
+from tests.conversions import samples
+from tests.fixtures.app import serve_app
+
+FINISHED = ("done", "failed")
+CONVERSION_MODULE = "errands.conversions.convert"
+
+
+async def post_upload(api: httpx.AsyncClient, *files: tuple[str, bytes]) -> str:
+    response = await api.post(
+        "/uploads",
+        files=[("files", (name, content, "application/octet-stream")) for name, content in files],
+    )
+    assert response.status_code == 200, response.text
+    upload_id: str = response.json()["id"]
+    return upload_id
+
+
+async def wait_until_finished(
+    api: httpx.AsyncClient, upload_id: str, within_s: float = 60.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within_s
+    while True:
+        upload: dict[str, Any] = (await api.get(f"/uploads/{upload_id}")).json()
+        if upload["status"] in FINISHED:
+            return upload
+        assert time.monotonic() < deadline, f"upload not finished in time: {upload}"
+        await asyncio.sleep(0.05)
+
+
+def conversion_children() -> set[int]:
+    """Pids of the conversion child processes this test process started."""
+    pids = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if CONVERSION_MODULE in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                pids.add(child.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return pids
+
+
+async def wait_for_new_child(known: set[int], within_s: float = 30.0) -> int:
+    deadline = time.monotonic() + within_s
+    while not (new := conversion_children() - known):
+        assert time.monotonic() < deadline, "no new conversion child started"
+        await asyncio.sleep(0.005)
+    return new.pop()
+
+
+async def test_uploaded_files_become_pngs_with_their_resolutions(settings: Settings) -> None:
+    async with serve_app(settings, loops=["conversions"]) as app:
+        upload_id = await post_upload(
+            app.client,
+            ("large.jpg", samples.jpeg(8000, 6000)),
+            ("rotated.jpg", samples.jpeg(400, 200, orientation=6)),
+            ("print.jpg", samples.cmyk_jpeg(300, 200)),
+            ("logo.png", samples.png(5000, 1000, alpha=True)),
+            ("deep.png", samples.png(300, 200, bitdepth=16)),
+            ("looks-like.pdf", samples.png(120, 80)),
+            ("pages.pdf", samples.pdf([(200, 300), (300, 300), (400, 300)])),
+        )
+        upload = await wait_until_finished(app.client, upload_id)
+        assert upload["status"] == "done"
+        sizes = {
+            file["filename"]: [(image["width"], image["height"]) for image in file["images"]]
+            for file in upload["files"]
+        }
+        assert sizes == {
+            "large.jpg": [(3500, 2625)],
+            "rotated.jpg": [(200, 400)],
+            "print.jpg": [(300, 200)],
+            "logo.png": [(3500, 700)],
+            "deep.png": [(300, 200)],
+            "looks-like.pdf": [(120, 80)],
+            "pages.pdf": [(417, 625), (625, 625), (834, 625)],
+        }
+        pdf_file = upload["files"][-1]
+        assert [image["page"] for image in pdf_file["images"]] == [1, 2, 3]
+        assert all(file["status"] == "done" and file["error"] is None for file in upload["files"])
+
+        # What the database says is what was stored.
+        for file in upload["files"]:
+            for image in file["images"]:
+                response = await app.client.get(image["path"])
+                assert response.headers["content-type"] == "image/png"
+                png = pyvips.Image.new_from_buffer(response.content, "")
+                assert (png.width, png.height) == (image["width"], image["height"])
+                if file["filename"] == "logo.png":
+                    assert png.hasalpha()
+
+        images = (await app.client.get(f"/uploads/{upload_id}/images")).json()
+        assert len(images["images"]) == 9
+        assert images["images"][-1]["filename"] == "pages.pdf"
+        assert images["images"][-1]["page"] == 3
+        status = (await app.client.get(f"/uploads/{upload_id}/status")).json()
+        assert (status["status"], status["files_done"], status["files_total"]) == ("done", 7, 7)
+
+
+async def test_bad_files_fail_alone_with_a_clear_error(settings: Settings) -> None:
+    async with serve_app(settings, loops=["conversions"]) as app:
+        upload_id = await post_upload(
+            app.client,
+            ("bomb.png", samples.png_bomb()),
+            ("broken.jpg", samples.jpeg(300, 200)[:400]),
+            ("locked.pdf", samples.pdf([(612, 792)], encrypt=True)),
+            ("poster.pdf", samples.pdf([(612, 792), (72 * 300, 72 * 10)])),
+            ("fine.png", samples.png(50, 50)),
+        )
+        upload = await wait_until_finished(app.client, upload_id)
+    assert upload["status"] == "failed"
+    outcomes = {file["filename"]: (file["status"], file["error"]) for file in upload["files"]}
+    assert outcomes["bomb.png"] == ("failed", "image too large: 100000x100000")
+    assert outcomes["broken.jpg"][0] == "failed"
+    assert outcomes["broken.jpg"][1].startswith("not a readable image: ")
+    assert outcomes["locked.pdf"] == ("failed", "the PDF is encrypted (password protected)")
+    assert outcomes["poster.pdf"] == (
+        "failed",
+        "page 2 has an unusable size: 300x10 inches",
+    )
+    assert outcomes["fine.png"] == ("done", None)
+    assert all(file["images"] == [] for file in upload["files"][:4])
+
+
+async def test_a_child_out_of_memory_fails_its_file_only(settings: Settings) -> None:
+    # A page rendered at 3500x3500 needs ~50 MB at once: more than 128 MB of address space
+    # leaves once the libraries are loaded, so this child runs out every time.
+    starved = settings.model_copy(update={"conversion_child_memory_mb": 128})
+    async with serve_app(starved, loops=["conversions"]) as app:
+        upload_id = await post_upload(
+            app.client,
+            ("poster.pdf", samples.pdf([(72 * 30, 72 * 30)])),
+            ("small.jpg", samples.jpeg(400, 300)),
+        )
+        upload = await wait_until_finished(app.client, upload_id)
+    poster, small = upload["files"]
+    assert (poster["status"], poster["attempts"]) == ("failed", 2)
+    assert (
+        poster["error"] == "conversion ran out of memory (limit 128 MB); gave up after 2 attempts"
+    )
+    assert (small["status"], small["attempts"]) == ("done", 1)
+
+
+async def test_a_killed_child_is_retried_once_then_fails_while_others_carry_on(
+    settings: Settings,
+) -> None:
+    # Enough pages to take a few seconds, so its children can be caught and killed.
+    many_pages = samples.pdf([(612, 792)] * 60)
+    async with serve_app(settings, loops=["conversions"]) as app:
+        doomed_id = await post_upload(app.client, ("doomed.pdf", many_pages))
+        first_child = await wait_for_new_child(set())
+        other_id = await post_upload(app.client, ("other.pdf", samples.pdf([(612, 792)] * 20)))
+        other_child = await wait_for_new_child({first_child})
+
+        os.kill(first_child, signal.SIGKILL)
+        retry_child = await wait_for_new_child({first_child, other_child})
+        os.kill(retry_child, signal.SIGKILL)
+
+        doomed = await wait_until_finished(app.client, doomed_id)
+        other = await wait_until_finished(app.client, other_id)
+        [doomed_file], [other_file] = doomed["files"], other["files"]
+        assert doomed_file["status"] == "failed"
+        assert doomed_file["error"] == (
+            "conversion process was killed (SIGKILL); gave up after 2 attempts"
+        )
+        assert doomed_file["attempts"] == 2
+        assert (other_file["status"], other_file["attempts"], len(other_file["images"])) == (
+            "done",
+            1,
+            20,
+        )
+
+        # The supervisor keeps working after its children died.
+        later_id = await post_upload(app.client, ("later.png", samples.png(40, 30)))
+        later = await wait_until_finished(app.client, later_id)
+        assert later["status"] == "done"
+
+
+async def test_a_killed_child_is_retried_and_the_retry_can_succeed(settings: Settings) -> None:
+    async with serve_app(settings, loops=["conversions"]) as app:
+        upload_id = await post_upload(app.client, ("pages.pdf", samples.pdf([(612, 792)] * 30)))
+        child = await wait_for_new_child(set())
+        os.kill(child, signal.SIGKILL)
+        upload = await wait_until_finished(app.client, upload_id)
+    [file] = upload["files"]
+    assert (file["status"], file["attempts"], len(file["images"])) == ("done", 2, 30)
+
+
+async def test_stopping_mid_conversion_puts_the_file_back_for_the_next_worker(
+    settings: Settings, database_url: str
+) -> None:
+    impatient = settings.model_copy(update={"shutdown_grace_s": 0.1})
+    async with serve_app(impatient, loops=["conversions"]) as app:
+        upload_id = await post_upload(app.client, ("pages.pdf", samples.pdf([(612, 792)] * 60)))
+        child = await wait_for_new_child(set())
+    # Stopped: the child is gone and the file is queued again, this attempt not counted.
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cursor = await conn.execute(
+            "SELECT status, attempts, lease_owner, due_at IS NOT NULL FROM upload_files"
+        )
+        assert await cursor.fetchall() == [("queued", 0, None, True)]
+    async with serve_app(settings, loops=["conversions"]) as app:
+        upload = await wait_until_finished(app.client, upload_id)
+    [file] = upload["files"]
+    assert (file["status"], file["attempts"], len(file["images"])) == ("done", 1, 60)
