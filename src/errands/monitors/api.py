@@ -176,7 +176,7 @@ async def create_monitor(body: MonitorIn, resources: ResourcesDep) -> Monitor:
 async def list_monitors(
     resources: ResourcesDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # PostgreSQL OFFSET is a bigint
 ) -> list[Monitor]:
     return [_monitor(row) for row in await store.list_monitors(resources.pool, limit, offset)]
 
