@@ -1,0 +1,330 @@
+"""Conversions: time and peak memory per file, Errands' converter beside ImageMagick + Ghostscript.
+
+    python bench/conversions.py [--runs N] [--no-record]
+
+A fixed corpus is generated (8000x6000 JPEG, 12000x9000 JPEG, 5000x5000 PNG with alpha, a
+20-page PDF) and every file is converted to PNGs no larger than 3500x3500 by each system, one
+process per file: Errands' child entry point (`python -m errands.conversions.convert`, the very
+process the supervisor starts) and ImageMagick's `convert` (which hands PDFs to Ghostscript).
+Peak RSS comes from `os.wait4`: the largest resident set of the process or any descendant it
+waited for (Ghostscript included). Time is wall-clock, the best of N runs.
+
+ImageMagick and Ghostscript are installed from Debian (`apt-get install -y imagemagick
+ghostscript`) when missing. Debian's ImageMagick policy forbids PDF and caps memory at 256 MiB,
+far below this corpus. A policy in a temporary MAGICK_CONFIGURE_PATH raises the resource caps,
+but cannot lift the PDF ban (for coders the system file, read last, wins), so ImageMagick runs
+in a private mount namespace where that temporary policy is bind-mounted over the system one
+(`unshare --mount`, root only); the system file itself is never changed.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyvips
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
+
+MAX_SIDE = 3500
+PDF_DPI = 150
+CHILD_MEMORY_MB = 1024  # Errands' default limit for a conversion child
+
+POLICY_XML = """<policymap>
+  <policy domain="coder" rights="read|write" pattern="PDF" />
+  <policy domain="resource" name="memory" value="8GiB"/>
+  <policy domain="resource" name="map" value="16GiB"/>
+  <policy domain="resource" name="width" value="64KP"/>
+  <policy domain="resource" name="height" value="64KP"/>
+  <policy domain="resource" name="area" value="4GP"/>
+  <policy domain="resource" name="disk" value="32GiB"/>
+</policymap>
+"""
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    path: Path
+    kind: str
+
+
+@dataclass(frozen=True)
+class Run:
+    seconds: float
+    peak_rss_bytes: int
+    outputs: int
+
+
+# --- the corpus -------------------------------------------------------------------------------
+
+
+def photo(width: int, height: int, bands: int) -> pyvips.Image:
+    """Smooth gradients under fine noise: compresses like a photograph, not like a flat colour."""
+    xyz = pyvips.Image.xyz(width, height)
+    ramps = [
+        (xyz[0] * (255 / width)),
+        (xyz[1] * (255 / height)),
+        ((xyz[0] + xyz[1]) * (255 / (width + height))),
+        (xyz[1] * 0 + 200),
+    ]
+    noise = pyvips.Image.gaussnoise(width, height, sigma=12)
+    first, *rest = [(ramp + noise).cast("uchar") for ramp in ramps[:bands]]
+    image = first.bandjoin(rest)
+    return image.copy(interpretation="srgb")
+
+
+def text_pdf(pages: int) -> bytes:
+    """A letter-size PDF of text and vector shapes, one object per line of source below."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>"]
+    kids = b" ".join(b"%d 0 R" % (4 + 2 * index) for index in range(pages))
+    objects.append(b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages))
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    for number in range(1, pages + 1):
+        lines = b"".join(
+            b"BT /F1 11 Tf 60 %d Td (Page %d, line %d: the quick brown fox jumps over it) Tj ET\n"
+            % (740 - 14 * line, number, line)
+            for line in range(45)
+        )
+        shapes = b"0.9 0.3 0.2 rg 400 60 150 90 re f 0.1 0.4 0.8 RG 4 w 60 60 m 380 140 l S\n"
+        content = lines + shapes
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (len(objects) + 2)
+        )
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref_at = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref_at,
+    )
+    return bytes(out)
+
+
+def make_corpus(folder: Path) -> list[Sample]:
+    samples = [
+        Sample("JPEG 8000x6000", folder / "photo-8000x6000.jpg", "jpeg"),
+        Sample("JPEG 12000x9000", folder / "photo-12000x9000.jpg", "jpeg"),
+        Sample("PNG 5000x5000 alpha", folder / "alpha-5000x5000.png", "png"),
+        Sample("PDF 20 pages", folder / "text-20-pages.pdf", "pdf"),
+    ]
+    photo(8000, 6000, 3).jpegsave(str(samples[0].path), Q=85)
+    photo(12000, 9000, 3).jpegsave(str(samples[1].path), Q=85)
+    photo(5000, 5000, 4).pngsave(str(samples[2].path), compression=6)
+    samples[3].path.write_bytes(text_pdf(20))
+    return samples
+
+
+def megabytes_on_disk(sample: Sample) -> str:
+    return f"{sample.path.stat().st_size / 2**20:.1f} MiB"
+
+
+# --- the two converters, one process per file -------------------------------------------------
+
+
+def measure(
+    command: list[str], stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> Run:
+    """Run `command` to the end; its wall time and the peak RSS os.wait4 reports."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    if stdin is not None:
+        assert process.stdin is not None
+        process.stdin.write(stdin)
+        process.stdin.close()
+    assert process.stderr is not None
+    errors = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed ({process.returncode}): {errors[-500:]!r}")
+    return Run(seconds=seconds, peak_rss_bytes=usage.ru_maxrss * 1024, outputs=0)
+
+
+def errands_run(sample: Sample, out_dir: Path) -> Run:
+    job = {
+        "source": str(sample.path),
+        "kind": sample.kind,
+        "out_dir": str(out_dir),
+        "limits": {
+            "max_side": MAX_SIDE,
+            "pdf_dpi": PDF_DPI,
+            "max_pixels": 250_000_000,
+            "max_pdf_pages": 500,
+        },
+        "memory_limit_bytes": CHILD_MEMORY_MB * 1024 * 1024,
+    }
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # as the supervisor starts its children
+    run = measure(
+        [sys.executable, "-m", "errands.conversions.convert"], json.dumps(job).encode(), env
+    )
+    return Run(run.seconds, run.peak_rss_bytes, len(list(out_dir.glob("*.png"))))
+
+
+def imagemagick_command(convert: str, sample: Sample, out_dir: Path) -> list[str]:
+    resize = ["-resize", f"{MAX_SIDE}x{MAX_SIDE}>"]  # '>': only ever shrink
+    if sample.kind == "pdf":
+        return [convert, "-density", str(PDF_DPI), str(sample.path), *resize,
+                str(out_dir / "page-%04d.png")]  # fmt: skip
+    return [convert, str(sample.path), "-auto-orient", "-colorspace", "sRGB", *resize,
+            "-depth", "8", str(out_dir / "page.png")]  # fmt: skip
+
+
+def with_policy(policy_dir: Path, command: list[str]) -> list[str]:
+    """`command` run where ImageMagick's system policy file shows the temporary policy instead."""
+    system_policies = sorted(Path("/etc").glob("ImageMagick-*/policy.xml"))
+    if not system_policies:
+        return command
+    # `unshare` and `exec` keep one pid, so os.wait4 still sees ImageMagick and Ghostscript.
+    script = 'mount --bind "$0" "$1" && shift && exec "$@"'
+    policy = str(policy_dir / "policy.xml")
+    return ["unshare", "--mount", "sh", "-c", script, policy, str(system_policies[0]), *command]
+
+
+def imagemagick_run(convert: str, policy_dir: Path, sample: Sample, out_dir: Path) -> Run:
+    env = {**os.environ, "MAGICK_CONFIGURE_PATH": str(policy_dir)}
+    run = measure(with_policy(policy_dir, imagemagick_command(convert, sample, out_dir)), env=env)
+    return Run(run.seconds, run.peak_rss_bytes, len(list(out_dir.glob("*.png"))))
+
+
+def find_imagemagick() -> str | None:
+    for candidate in ("magick", "/usr/bin/convert", "convert"):
+        path = shutil.which(candidate)
+        if path is None:
+            continue
+        version = subprocess.run([path, "-version"], capture_output=True, text=True, check=False)
+        if "ImageMagick" in version.stdout:
+            return path
+    return None
+
+
+def ensure_imagemagick() -> str:
+    """ImageMagick's `convert` (or `magick`), and Ghostscript, installed from Debian if missing."""
+    convert = find_imagemagick()
+    if convert is None or shutil.which("gs") is None:
+        print("installing imagemagick and ghostscript with apt-get ...", flush=True)
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "imagemagick",
+                   "ghostscript"]  # fmt: skip
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if subprocess.run(install, env=env, check=False).returncode != 0:
+            subprocess.run(["apt-get", "update"], env=env, check=True)
+            subprocess.run(install, env=env, check=True)
+        convert = find_imagemagick()
+    if convert is None:
+        raise SystemExit("ImageMagick is not available even after apt-get install")
+    return convert
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def best_of(runs: int, convert: Callable[[Path], Run], work: Path) -> Run:
+    results = []
+    for _ in range(runs):
+        out_dir = Path(tempfile.mkdtemp(dir=work))
+        results.append(convert(out_dir))
+        shutil.rmtree(out_dir)
+    return min(results, key=lambda run: run.seconds)
+
+
+def mib(size: int) -> str:
+    return f"{size / 2**20:.0f}"
+
+
+def report(rows: list[tuple[Sample, str, Run, Run]], runs: int, versions: str) -> str:
+    lines = [
+        f"Best of {runs} run(s) per file, one process per file, output PNGs fit {MAX_SIDE}x"
+        f"{MAX_SIDE}, PDF at {PDF_DPI} dpi. Peak RSS from os.wait4 (the largest process of the "
+        f"tree). {versions}.",
+        "",
+        "| input | Errands s | Errands peak MiB | ImageMagick s | ImageMagick peak MiB "
+        "| time ratio | RSS ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for sample, size, ours, theirs in rows:
+        lines.append(
+            f"| {sample.name} ({size}) "
+            f"| {ours.seconds:.2f} | {mib(ours.peak_rss_bytes)} "
+            f"| {theirs.seconds:.2f} | {mib(theirs.peak_rss_bytes)} "
+            f"| {ours.seconds / theirs.seconds:.2f} "
+            f"| {ours.peak_rss_bytes / theirs.peak_rss_bytes:.2f} |"
+        )
+    total_ours = sum(ours.seconds for _, _, ours, _ in rows)
+    total_theirs = sum(theirs.seconds for _, _, _, theirs in rows)
+    peak_ours = max(ours.peak_rss_bytes for _, _, ours, _ in rows)
+    peak_theirs = max(theirs.peak_rss_bytes for _, _, _, theirs in rows)
+    lines += [
+        "",
+        f"Overall: time {total_ours:.1f} s vs {total_theirs:.1f} s (ratio "
+        f"{total_ours / total_theirs:.2f}, target <= 0.50); largest peak RSS {mib(peak_ours)} MiB "
+        f"vs {mib(peak_theirs)} MiB (ratio {peak_ours / peak_theirs:.2f}, target <= 0.20). "
+        "Ratios are Errands / ImageMagick: lower is better for Errands.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1, help="runs per file and system (best kept)")
+    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks.md")
+    args = parser.parse_args()
+
+    convert = ensure_imagemagick()
+    versions = subprocess.run([convert, "-version"], capture_output=True, text=True, check=True)
+    gs = subprocess.run(["gs", "--version"], capture_output=True, text=True, check=True)
+    version_note = (
+        f"{versions.stdout.splitlines()[0].removeprefix('Version: ').split(' https')[0]}, "
+        f"Ghostscript {gs.stdout.strip()}, libvips {pyvips.version(0)}.{pyvips.version(1)}"
+        f".{pyvips.version(2)} with pypdfium2"
+    )
+    with tempfile.TemporaryDirectory(prefix="errands-bench-") as scratch:
+        work = Path(scratch)
+        policy_dir = work / "policy"
+        policy_dir.mkdir()
+        (policy_dir / "policy.xml").write_text(POLICY_XML)
+        corpus_dir = work / "corpus"
+        corpus_dir.mkdir()
+        print("generating the corpus ...", flush=True)
+        corpus = make_corpus(corpus_dir)
+        rows = []
+        for sample in corpus:
+            ours = best_of(args.runs, lambda out, s=sample: errands_run(s, out), work)
+            theirs = best_of(
+                args.runs, lambda out, s=sample: imagemagick_run(convert, policy_dir, s, out), work
+            )
+            print(f"{sample.name}: Errands {ours}, ImageMagick {theirs}", flush=True)
+            if ours.outputs != theirs.outputs:
+                raise SystemExit(f"{sample.name}: {ours.outputs} PNGs vs {theirs.outputs}")
+            rows.append((sample, megabytes_on_disk(sample), ours, theirs))
+    table = report(rows, args.runs, version_note)
+    print()
+    print(table)
+    if not args.no_record:
+        with BENCHMARKS_MD.open("a", encoding="utf-8") as out:
+            out.write(f"\n## Conversions (bench/conversions.py)\n\n{table}\n")
+
+
+if __name__ == "__main__":
+    main()
