@@ -117,9 +117,9 @@ ERROR_DETAIL = {
 
 
 def _openapi_with_common_errors(app: FastAPI, *, keys: bool) -> Callable[[], dict[str, Any]]:
-    """The schema, documenting the answers any route may give besides its own: a body that
-    cannot be decoded (400) or is too large (413), API key refusals (401, 403, 503), and
-    `{"detail": "..."}` beside FastAPI's validation list for 422."""
+    """The schema, documenting the answers any route may give besides its own: an id that names
+    nothing (404), a body that cannot be decoded (400) or is too large (413), API key refusals
+    (401, 403, 503), and `{"detail": "..."}` beside FastAPI's validation list for 422."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -131,6 +131,8 @@ def _openapi_with_common_errors(app: FastAPI, *, keys: bool) -> Callable[[], dic
         for path, operations in schema["paths"].items():
             for operation in operations.values():
                 common = {}
+                if any(parameter["in"] == "path" for parameter in operation.get("parameters", [])):
+                    common["404"] = "Nothing has this id"
                 if "requestBody" in operation:
                     common["400"] = "The body cannot be decoded"
                     common["413"] = "The body is larger than allowed"

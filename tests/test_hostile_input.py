@@ -1,0 +1,207 @@
+"""Hostile input against the running app: schemathesis over every route of the OpenAPI schema
+(no 500, answers as documented), oversized and malformed bodies, and traversal paths."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import hypothesis
+import pytest
+import requests
+import schemathesis
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from errands.config import Settings
+from tests.fixtures.app import RunningApp, serve_app
+
+# Enough to try each route's edge cases in both modes while the whole run stays near a minute.
+EXAMPLES_PER_OPERATION = 40
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+MAX_JSON_BODY_BYTES = 64 * 1024
+
+
+@pytest.fixture
+async def guarded_app(settings: Settings) -> AsyncIterator[RunningApp]:
+    """The API as deployed: private targets refused, so fuzzed URLs reach nothing local, and
+    short outbound timeouts, so fuzzed public names cost little."""
+    update = {
+        "allow_private_targets": False,
+        "max_json_body_bytes": MAX_JSON_BODY_BYTES,
+        "http_timeout_s": 1.0,
+        "titles_timeout_s": 1.0,
+    }
+    async with serve_app(settings.model_copy(update=update)) as running:
+        yield running
+
+
+def fuzz(schema: schemathesis.BaseSchema, base_url: str) -> list[str]:
+    """Run every operation in positive and negative mode; one line per operation that failed."""
+    failures = []
+    session = requests.Session()
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+
+            @hypothesis.settings(
+                max_examples=EXAMPLES_PER_OPERATION,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+                suppress_health_check=list(hypothesis.HealthCheck),
+            )
+            @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+            def call_and_check(case: schemathesis.Case) -> None:
+                case.call_and_validate(base_url=base_url, session=session, checks=CHECKS)
+
+            try:
+                call_and_check()
+            except hypothesis.errors.Unsatisfiable:
+                continue  # an operation without parameters has no invalid input to send
+            # Schemathesis reports check failures as a BaseExceptionGroup; errors of the test
+            # itself are Exceptions. Both are collected so every operation's result shows.
+            except (Exception, BaseExceptionGroup) as error:
+                failures.append(f"{operation.label} ({mode.value}): {error}")
+    return failures
+
+
+async def test_fuzzing_every_route_finds_no_server_error_nor_undocumented_answer(
+    guarded_app: RunningApp,
+) -> None:
+    raw = (await guarded_app.client.get("/openapi.json")).json()
+    schema = schemathesis.openapi.from_dict(raw)
+    assert len(raw["paths"]) >= 3, "the features' routes are in the schema"
+
+    failures = await asyncio.to_thread(fuzz, schema, guarded_app.base_url)
+
+    assert failures == [], "\n\n".join(failures)
+
+
+def json_routes(schema: dict[str, object]) -> list[tuple[str, str]]:
+    """(method, path) of every operation taking a JSON body, path parameters filled in."""
+    found = []
+    paths = schema["paths"]
+    assert isinstance(paths, dict)
+    for path, methods in paths.items():
+        for method, operation in methods.items():
+            body = operation.get("requestBody", {}).get("content", {})
+            if "application/json" in body:
+                concrete = path
+                for parameter in operation.get("parameters", []):
+                    if parameter["in"] == "path":
+                        concrete = concrete.replace(
+                            "{" + parameter["name"] + "}", "00000000-0000-0000-0000-000000000000"
+                        )
+                found.append((method.upper(), concrete))
+    return found
+
+
+async def test_an_oversized_json_body_gets_413_on_every_json_route(
+    guarded_app: RunningApp,
+) -> None:
+    routes = json_routes((await guarded_app.client.get("/openapi.json")).json())
+    assert routes, "some routes take JSON"
+    oversized = json.dumps({"domains": ["a.example"] * MAX_JSON_BODY_BYTES}).encode()
+
+    for method, path in routes:
+        declared = await guarded_app.client.request(
+            method, path, content=oversized, headers={"Content-Type": "application/json"}
+        )
+        streamed = await guarded_app.client.request(
+            method, path, content=chunks(oversized), headers={"Content-Type": "application/json"}
+        )
+
+        for response in (declared, streamed):
+            assert response.status_code == 413, (method, path, response.text)
+            assert "byte limit" in response.json()["detail"]
+
+
+async def chunks(body: bytes, size: int = 16 * 1024) -> AsyncIterator[bytes]:
+    """The body without a Content-Length, as a chunked upload sends it."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+@pytest.mark.parametrize(
+    "body", [b"{", b'{"domains": [', b"[]", b"null", b'"text"', b"{}" * 1000, b"", b"\x00"]
+)
+async def test_malformed_json_gets_422_on_every_json_route(
+    guarded_app: RunningApp, body: bytes
+) -> None:
+    routes = json_routes((await guarded_app.client.get("/openapi.json")).json())
+
+    for method, path in routes:
+        response = await guarded_app.client.request(
+            method, path, content=body, headers={"Content-Type": "application/json"}
+        )
+
+        assert response.status_code in (404, 422), (method, path, body, response.text)
+        assert "detail" in response.json()
+
+
+async def test_a_body_that_is_not_utf8_gets_a_4xx_on_every_json_route(
+    guarded_app: RunningApp,
+) -> None:
+    routes = json_routes((await guarded_app.client.get("/openapi.json")).json())
+
+    for method, path in routes:
+        response = await guarded_app.client.request(
+            method, path, content=b"\xff\xfe{\x00", headers={"Content-Type": "application/json"}
+        )
+
+        assert response.status_code in (400, 404, 422), (method, path, response.text)
+        assert response.json()["detail"]
+
+
+async def raw_get(base_url: str, path: str) -> tuple[int, bytes]:
+    """GET `path` exactly as written: HTTP clients would resolve its dot segments first."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/files/../secret.txt",
+        "/files/../../secret.txt",
+        "/files/..%2fsecret.txt",
+        "/files/%2e%2e/secret.txt",
+        "/files/%2e%2e%2fsecret.txt",
+        "/files/....//secret.txt",
+        "/files/.partial/../../secret.txt",
+        "/files//etc/passwd",
+        "/files/%2fetc%2fpasswd",
+        "/files/..%5csecret.txt",
+        "/files/secret.txt%00.png",
+        "/files/../../../../../../etc/passwd",
+        "/uploads/..%2f..%2fsecret.txt/originals",
+    ],
+)
+async def test_traversal_paths_reach_nothing_outside_the_files(
+    guarded_app: RunningApp, settings: Settings, path: str
+) -> None:
+    (settings.data_dir / "secret.txt").write_text("TOP SECRET")
+
+    status, body = await raw_get(guarded_app.base_url, path)
+
+    assert status in (400, 404, 422), (status, body)
+    assert b"TOP SECRET" not in body
+    assert b"root:" not in body
