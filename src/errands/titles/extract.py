@@ -6,7 +6,6 @@ No I/O here: `TitleReader` takes body chunks and says when the title is complete
 import codecs
 import html
 import re
-from html.parser import HTMLParser
 
 __all__ = ["TitleReader", "charset_from_content_type", "collapse_whitespace", "sniff_charset"]
 
@@ -44,9 +43,29 @@ _ATTRIBUTE = re.compile(
 _ASCII_WHITESPACE = re.compile(r"[\t\n\f\r ]+")
 
 # Elements whose content is text, not markup, so a <title> written inside is not an element.
-_RAW_TEXT_ELEMENTS = frozenset({"iframe", "noembed", "noframes", "noscript", "textarea", "xmp"})
+_RAW_TEXT_ELEMENTS = frozenset(
+    {"iframe", "noembed", "noframes", "noscript", "script", "style", "textarea", "xmp"}
+)
 # Inside these, <title> belongs to SVG or MathML, not to the document.
 _FOREIGN_ELEMENTS = frozenset({"svg", "math"})
+
+# The pieces of the HTML tokenizer a title needs. In a start tag, a quote opens a quoted value
+# only right after "=", as in the tokenizer; possessive repeats keep matching linear.
+_START_TAG = re.compile(
+    r"""<([a-zA-Z][^\t\n\f\r />]*+)"""
+    r"""(?:[\t\n\f\r /]++"""
+    r"""|[^\t\n\f\r />=][^\t\n\f\r /=>]*+"""
+    r"""(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+"""
+    r"""(?:"[^"]*+"|'[^']*+'|[^\t\n\f\r >"'][^\t\n\f\r >]*+|(?=>)))?+)*+>"""
+)
+_END_TAG = re.compile(r"</([a-zA-Z][^\t\n\f\r />]*+)[^>]*+>")
+_BOGUS_COMMENT = re.compile(r"<(?:[!?]|/[^a-zA-Z])")
+_MARKUP_START = re.compile(r"</?[a-zA-Z]")
+_COMMENT_END = re.compile(r"--!?>")
+_RAW_TEXT_ENDS: dict[str, "re.Pattern[str]"] = {}
+FEED_SLICE_BYTES = 8 * 1024
+# A "<" followed by this much text without a tag's end is text, not an unfinished tag.
+MAX_TAG_CHARS = 64 * 1024
 
 
 def browser_encoding(label: str) -> str | None:
@@ -92,50 +111,114 @@ def collapse_whitespace(text: str) -> str:
     return _ASCII_WHITESPACE.sub(" ", text).strip("\t\n\f\r ")
 
 
-class _TitleParser(HTMLParser):
-    """Finds the first HTML <title> element and keeps its raw text until </title>."""
+class _TitleScanner:
+    """Finds the first HTML <title> element in text fed piece by piece, following the HTML
+    tokenizer only as far as titles need: comments, raw-text elements such as <script>, and
+    SVG/MathML, whose <title> is not the document's. Markup is skipped, never parsed into
+    attributes, which keeps this several times cheaper than a general HTML parser."""
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
+        self.text = ""
+        self.position = 0
         self.foreign_depth = 0
-        self.in_title = False
+        self.raw_text_of: str | None = None  # the element whose end tag ends the raw text
         self.done = False
         self.pieces: list[str] = []
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if self.done or self.in_title:
-            return
-        if tag in _FOREIGN_ELEMENTS:
-            self.foreign_depth += 1
-        elif tag == "title" and self.foreign_depth == 0:
-            self.in_title = True
-            # Title content is text with character references, never markup (RCDATA).
-            self.set_cdata_mode("title")
-        elif tag in _RAW_TEXT_ELEMENTS:
-            self.set_cdata_mode(tag)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        # A self-closed <svg/> opens nothing; a self-closed <title/> in HTML still opens one.
-        if tag not in _FOREIGN_ELEMENTS:
-            self.handle_starttag(tag, attrs)
-
-    def handle_endtag(self, tag: str) -> None:
-        if self.in_title and tag == "title":
-            self.in_title = False
-            self.done = True
-        elif tag in _FOREIGN_ELEMENTS and self.foreign_depth > 0:
-            self.foreign_depth -= 1
-
-    def handle_data(self, data: str) -> None:
-        if self.in_title:
-            self.pieces.append(data)
+    def feed(self, text: str) -> None:
+        self.text = self.text[self.position :] + text
+        self.position = 0
+        self._scan(final=False)
 
     def finish(self) -> None:
         """End of input: an unclosed <title> runs to the end of the document."""
-        self.close()
-        if self.in_title:
-            self.pieces.append(self.rawdata)
-            self.rawdata = ""
+        self._scan(final=True)
+        if self.raw_text_of == "title" and not self.done:
+            self.pieces.append(self.text[self.position :])
+
+    def _scan(self, *, final: bool) -> None:
+        text = self.text
+        while not self.done:
+            if self.raw_text_of is not None:
+                if not self._skip_raw_text(final=final):
+                    return
+                continue
+            start = text.find("<", self.position)
+            if start < 0:
+                self.position = len(text)
+                return
+            self.position = start
+            end = self._markup_end(start, final=final)
+            if end is None:
+                return  # the markup is not complete yet
+            self.position = end
+
+    def _markup_end(self, start: int, *, final: bool) -> int | None:
+        """Act on the markup at `start` and return where it ends, or None to wait for more."""
+        text = self.text
+        if text.startswith("<!--", start):
+            found = _COMMENT_END.search(text, start + 2)
+            if found is not None:
+                return found.end()
+            return len(text) if final else None
+        opening = _START_TAG.match(text, start)
+        if opening is not None:
+            self._open(opening.group(1).lower(), self_closing=opening.group(0).endswith("/>"))
+            return opening.end()
+        closing = _END_TAG.match(text, start)
+        if closing is not None:
+            if closing.group(1).lower() in _FOREIGN_ELEMENTS and self.foreign_depth > 0:
+                self.foreign_depth -= 1
+            return closing.end()
+        if _BOGUS_COMMENT.match(text, start) is not None:
+            found_end = text.find(">", start)
+            if found_end >= 0:
+                return found_end + 1
+            return len(text) if final else None
+        if not _MARKUP_START.match(text, start):
+            return start + 1  # a "<" that starts no markup is text
+        # A tag not closed yet, unless it has run on so long that it is not a tag at all.
+        if final or len(text) - start > MAX_TAG_CHARS:
+            return start + 1
+        return None
+
+    def _open(self, name: str, *, self_closing: bool) -> None:
+        if name in _FOREIGN_ELEMENTS:
+            self.foreign_depth += 0 if self_closing else 1
+        elif self.foreign_depth == 0 and (name == "title" or name in _RAW_TEXT_ELEMENTS):
+            # Title content is text with character references, never markup (RCDATA); HTML
+            # ignores a self-closing slash here.
+            self.raw_text_of = name
+
+    def _skip_raw_text(self, *, final: bool) -> bool:
+        """Move past raw text up to its end tag; False when that end tag has not arrived."""
+        name = self.raw_text_of
+        assert name is not None
+        end_tag = _raw_text_end(name).search(self.text, self.position)
+        if end_tag is None:
+            if final:
+                return False
+            # Keep the tail unscanned: it may be the start of an end tag split across reads.
+            keep_from = max(self.position, len(self.text) - len(name) - 2)
+            if name == "title":
+                self.pieces.append(self.text[self.position : keep_from])
+            self.position = keep_from
+            return False
+        if name == "title":
+            self.pieces.append(self.text[self.position : end_tag.start()])
+            self.done = True
+        self.raw_text_of = None
+        self.position = end_tag.start() + 2
+        return True
+
+
+def _raw_text_end(name: str) -> "re.Pattern[str]":
+    pattern = _RAW_TEXT_ENDS.get(name)
+    if pattern is None:
+        pattern = _RAW_TEXT_ENDS[name] = re.compile(
+            rf"</{re.escape(name)}[\t\n\f\r />]", re.IGNORECASE
+        )
+    return pattern
 
 
 class TitleReader:
@@ -152,7 +235,7 @@ class TitleReader:
         self._encoding: str | None = None
         self._tentative_utf8 = False
         self._decoder: codecs.IncrementalDecoder | None = None
-        self._parser = _TitleParser()
+        self._scanner = _TitleScanner()
 
     @property
     def encoding(self) -> str | None:
@@ -161,9 +244,19 @@ class TitleReader:
 
     @property
     def done(self) -> bool:
-        return self._parser.done
+        return self._scanner.done
 
     def feed(self, chunk: bytes) -> bool:
+        """Take the next bytes of the body; True once the title is complete."""
+        # Network reads bring up to hundreds of KB at once, and titles sit near the start:
+        # decoding and scanning in slices stops soon after the title instead of at the read's end.
+        view = memoryview(chunk)
+        for start in range(0, len(view), FEED_SLICE_BYTES):
+            if self._feed(view[start : start + FEED_SLICE_BYTES].tobytes()):
+                return True
+        return self.done
+
+    def _feed(self, chunk: bytes) -> bool:
         if self.done:
             return True
         if self._decoder is None or self._tentative_utf8:
@@ -183,8 +276,8 @@ class TitleReader:
                 self._choose_encoding(final=True)
                 self._decode(bytes(self._head), final=True)
             # Otherwise bytes still in the decoder are a character cut off by the read cap.
-            self._parser.finish()
-        text = collapse_whitespace(html.unescape("".join(self._parser.pieces)))
+            self._scanner.finish()
+        text = collapse_whitespace(html.unescape("".join(self._scanner.pieces)))
         return text or None
 
     def _choose_encoding(self, *, final: bool) -> bool:
@@ -223,9 +316,9 @@ class TitleReader:
             # Not UTF-8 after all: start over from the first byte as windows-1252.
             self._tentative_utf8 = False
             self._start("cp1252")
-            self._parser = _TitleParser()
+            self._scanner = _TitleScanner()
             text = self._decoder.decode(bytes(self._head), final=final)
             self._head.clear()
         if not self._tentative_utf8:
             self._head.clear()
-        self._parser.feed(text)
+        self._scanner.feed(text)
