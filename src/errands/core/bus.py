@@ -7,7 +7,7 @@ the consumer calls only after it has stored them, so a crash redelivers what was
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,7 +52,7 @@ class Bus(Protocol):
 
     def consume(
         self, stop: asyncio.Event, *, max_messages: int, linger_s: float
-    ) -> AsyncIterator[Batch]: ...
+    ) -> AsyncGenerator[Batch, None]: ...
 
 
 class MemoryBus:
@@ -67,7 +67,7 @@ class MemoryBus:
 
     async def consume(
         self, stop: asyncio.Event, *, max_messages: int, linger_s: float
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         while not stop.is_set():
             first = asyncio.ensure_future(self._queue.get())
             stopping = asyncio.ensure_future(stop.wait())
@@ -165,7 +165,7 @@ class KafkaBus:
 
     async def consume(
         self, stop: asyncio.Event, *, max_messages: int, linger_s: float
-    ) -> AsyncIterator[Batch]:
+    ) -> AsyncGenerator[Batch, None]:
         await self._ensure_topic()
         consumer = AIOKafkaConsumer(
             self._topic,
@@ -174,6 +174,9 @@ class KafkaBus:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=max_messages,
+            # A dead sink's partitions move to the others after this long without heartbeats.
+            session_timeout_ms=self._settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=self._settings.kafka_session_timeout_ms // 3,
             **_security(self._settings),
         )
         await consumer.start()

@@ -1,0 +1,205 @@
+"""The monitors API: registering sites, validation, and reading checks and uptime."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from errands.core.resources import Resources
+from errands.monitors.results import CheckResult, encode_check
+from errands.monitors.sink import store_batch
+
+
+async def create(api: httpx.AsyncClient, **fields: object) -> dict[str, object]:
+    response = await api.post("/monitors", json={"interval_s": 60, **fields})
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def test_a_monitor_is_created_listed_read_changed_and_deleted(
+    api: httpx.AsyncClient,
+) -> None:
+    monitor = await create(api, url="https://example.com/", regex="Example", method="HEAD")
+    assert monitor["interval_s"] == 60
+    assert monitor["timeout_s"] == 10.0
+    assert monitor["method"] == "HEAD"
+    assert monitor["regex"] == "Example"
+    assert monitor["next_check_at"] is not None
+
+    listed = (await api.get("/monitors")).json()
+    assert [item["id"] for item in listed] == [monitor["id"]]
+    assert (await api.get(f"/monitors/{monitor['id']}")).json() == monitor
+
+    patched = await api.patch(f"/monitors/{monitor['id']}", json={"interval_s": 30, "regex": None})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["interval_s"] == 30
+    assert patched.json()["regex"] is None
+    assert patched.json()["url"] == "https://example.com/"
+
+    assert (await api.delete(f"/monitors/{monitor['id']}")).status_code == 204
+    assert (await api.get(f"/monitors/{monitor['id']}")).status_code == 404
+    assert (await api.delete(f"/monitors/{monitor['id']}")).status_code == 404
+    assert (await api.get("/monitors")).json() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"url": "https://example.com/", "interval_s": 4}, "greater than or equal to 5"),
+        ({"url": "https://example.com/", "interval_s": 60, "regex": "(unclosed"}, "invalid regex"),
+        ({"url": "ftp://example.com/", "interval_s": 60}, "invalid url"),
+        ({"url": "not a url", "interval_s": 60}, "invalid url"),
+        ({"url": "https://example.com/", "interval_s": 60, "method": "POST"}, "GET"),
+        ({"url": "https://example.com/", "interval_s": 10, "timeout_s": 20}, "timeout_s"),
+        ({"url": "https://example.com/", "interval_s": 60, "timeout_s": 0}, "greater than 0"),
+        ({"interval_s": 60}, "url"),
+    ],
+)
+async def test_invalid_monitors_are_refused_with_a_clear_reason(
+    api: httpx.AsyncClient, body: dict[str, object], detail: str
+) -> None:
+    response = await api.post("/monitors", json=body)
+    assert response.status_code == 422
+    assert detail in str(response.json()["detail"])
+    assert (await api.get("/monitors")).json() == []
+
+
+async def test_a_blocked_address_is_refused_when_private_targets_are_not_allowed(
+    resources: Resources,
+) -> None:
+    from tests.fixtures.app import serve_app
+
+    settings = resources.settings.model_copy(update={"allow_private_targets": False})
+    async with serve_app(settings) as running:
+        response = await running.client.post(
+            "/monitors", json={"url": "http://127.0.0.1/", "interval_s": 60}
+        )
+    assert response.status_code == 422
+    assert "invalid url" in response.json()["detail"]
+
+
+async def test_the_same_url_twice_is_a_conflict(api: httpx.AsyncClient) -> None:
+    first = await create(api, url="https://example.com/")
+    response = await api.post("/monitors", json={"url": "https://example.com/", "interval_s": 5})
+    assert response.status_code == 409
+    other = await create(api, url="https://example.org/")
+    clash = await api.patch(f"/monitors/{other['id']}", json={"url": "https://example.com/"})
+    assert clash.status_code == 409
+    assert (await api.get(f"/monitors/{first['id']}")).status_code == 200
+
+
+async def test_bad_changes_and_ids_are_4xx_never_500(api: httpx.AsyncClient) -> None:
+    monitor = await create(api, url="https://example.com/")
+    path = f"/monitors/{monitor['id']}"
+    assert (await api.patch(path, json={"regex": "[z-a]"})).status_code == 422
+    assert (await api.patch(path, json={"url": None})).status_code == 422
+    assert (await api.patch(path, json={"interval_s": 1})).status_code == 422
+    assert (await api.patch(path, json={"colour": "red"})).status_code == 422
+    assert (await api.get(path)).json() == monitor
+    for bad in ("/monitors/nope", "/monitors/123/checks", "/monitors/%20/uptime"):
+        assert (await api.get(bad)).status_code == 422
+    missing = f"/monitors/{uuid.uuid4()}"
+    for url in (missing, f"{missing}/checks", f"{missing}/uptime"):
+        assert (await api.get(url)).status_code == 404
+    assert (await api.patch(missing, json={"interval_s": 60})).status_code == 404
+
+
+def a_check(monitor_id: uuid.UUID, at: datetime, up: bool, ms: float) -> CheckResult:
+    return CheckResult(
+        check_id=uuid.uuid4(),
+        monitor_id=monitor_id,
+        checked_at=at,
+        url="https://example.com/",
+        status_code=200 if up else 503,
+        response_time_ms=ms,
+        dns_ms=None,
+        connect_ms=1.5,
+        tls_ms=None,
+        first_byte_ms=ms - 1,
+        regex_matched=None,
+        error_kind=None,
+        error=None,
+    )
+
+
+async def test_checks_are_listed_newest_first_within_the_window(
+    api: httpx.AsyncClient, resources: Resources
+) -> None:
+    monitor = await create(api, url="https://example.com/")
+    monitor_id = uuid.UUID(str(monitor["id"]))
+    now = datetime.now(UTC)
+    checks = [
+        a_check(monitor_id, now - timedelta(minutes=n), n % 2 == 0, 10 + n) for n in range(10)
+    ]
+    await store_batch(resources, [encode_check(check) for check in checks])
+
+    listed = (await api.get(f"/monitors/{monitor_id}/checks")).json()
+    assert [item["check_id"] for item in listed] == [str(check.check_id) for check in checks]
+    assert listed[0]["connect_ms"] == 1.5
+    assert listed[1]["up"] is False and listed[1]["status_code"] == 503
+
+    since = (now - timedelta(minutes=5, seconds=30)).isoformat()
+    until = (now - timedelta(minutes=1, seconds=30)).isoformat()
+    window = await api.get(
+        f"/monitors/{monitor_id}/checks", params={"since": since, "until": until, "limit": 3}
+    )
+    assert [item["check_id"] for item in window.json()] == [
+        str(check.check_id) for check in checks[2:5]
+    ]
+    backwards = await api.get(
+        f"/monitors/{monitor_id}/checks", params={"since": until, "until": since}
+    )
+    assert backwards.status_code == 422
+    assert (await api.get(f"/monitors/{monitor_id}/checks", params={"limit": 0})).status_code == 422
+
+
+async def test_uptime_over_short_and_long_windows(
+    api: httpx.AsyncClient, resources: Resources
+) -> None:
+    monitor = await create(api, url="https://example.com/")
+    monitor_id = uuid.UUID(str(monitor["id"]))
+    now = datetime.now(UTC)
+    # Two days of checks every 5 minutes; one in four is down, latency cycles 10..109 ms.
+    checks = [
+        a_check(monitor_id, now - timedelta(minutes=5 * n, seconds=1), n % 4 != 0, 10 + n % 100)
+        for n in range(2 * 24 * 12)
+    ]
+    await store_batch(resources, [encode_check(check) for check in checks])
+
+    hour = (await api.get(f"/monitors/{monitor_id}/uptime", params={"window": "1h"})).json()
+    recent = [c for c in checks if c.checked_at > now - timedelta(hours=1)]
+    assert hour["source"] == "checks"
+    assert hour["checks"] == len(recent) == 12
+    assert hour["uptime_pct"] == round(100 * sum(c.up for c in recent) / len(recent), 3)
+
+    day = (await api.get(f"/monitors/{monitor_id}/uptime", params={"window": "24h"})).json()
+    last_day = [c for c in checks if c.checked_at > now - timedelta(days=1)]
+    assert day["source"] == "rollups"
+    assert day["window_s"] == 86400
+    assert day["checks"] == len(last_day)
+    assert day["uptime_pct"] == round(100 * sum(c.up for c in last_day) / len(last_day), 3)
+    exact = sorted(c.response_time_ms or 0 for c in last_day)
+    assert day["p50_ms"] == pytest.approx(exact[len(exact) // 2], rel=0.125)
+    assert day["p95_ms"] == pytest.approx(exact[int(len(exact) * 0.95)], rel=0.125)
+
+    month = (await api.get(f"/monitors/{monitor_id}/uptime", params={"window": "30d"})).json()
+    assert month["checks"] == len(checks)
+    seconds = (await api.get(f"/monitors/{monitor_id}/uptime", params={"window": "7200"})).json()
+    assert seconds["window_s"] == 7200
+
+    for bad in ("yesterday", "0", "10s", "9999d", "-1h"):
+        response = await api.get(f"/monitors/{monitor_id}/uptime", params={"window": bad})
+        assert response.status_code == 422, bad
+
+
+async def test_uptime_without_checks_has_no_percentage(api: httpx.AsyncClient) -> None:
+    monitor = await create(api, url="https://example.com/")
+    for window in ("1h", "30d"):
+        body = (
+            await api.get(f"/monitors/{monitor['id']}/uptime", params={"window": window})
+        ).json()
+        assert body["checks"] == 0
+        assert body["uptime_pct"] is None
+        assert body["p50_ms"] is None

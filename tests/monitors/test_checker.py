@@ -1,0 +1,217 @@
+"""The checker: what one check records, and the loop that schedules checks across workers."""
+
+import asyncio
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+
+from errands.core.bus import MemoryBus
+from errands.core.db import Pool
+from errands.core.resources import Resources
+from errands.monitors.checker import check_site, run_checker
+from errands.monitors.results import decode_check
+from tests.fixtures.app import serve_app
+from tests.fixtures.targets import TargetServer
+
+
+def monitor(url: str, *, regex: str | None = None, method: str = "GET", timeout_s: float = 5):
+    return {
+        "id": uuid.uuid4(),
+        "url": url,
+        "method": method,
+        "regex": regex,
+        "timeout_s": timeout_s,
+    }
+
+
+async def test_a_regex_is_found_not_found_or_not_asked_for(
+    resources: Resources, target_server: TargetServer
+) -> None:
+    url = target_server.route("/page", body=b"<h1>All systems operational</h1>")
+    found = await check_site(
+        resources.http, monitor(url, regex=r"systems\s+oper"), regex_timeout_s=1
+    )
+    missing = await check_site(resources.http, monitor(url, regex="outage"), regex_timeout_s=1)
+    none = await check_site(resources.http, monitor(url), regex_timeout_s=1)
+    assert (found.regex_matched, missing.regex_matched, none.regex_matched) == (True, False, None)
+    assert (found.up, missing.up, none.up) == (True, False, True)
+    for result in (found, missing, none):
+        assert result.status_code == 200
+        assert result.error_kind is None
+        assert result.response_time_ms is not None and result.response_time_ms > 0
+        assert result.checked_at.tzinfo is not None
+        assert result.checked_at.utcoffset() == timedelta(0)
+
+
+async def test_the_page_is_decoded_with_its_charset(
+    resources: Resources, target_server: TargetServer
+) -> None:
+    url = target_server.route(
+        "/latin", body="Café ouvert".encode("latin-1"), content_type="text/html; charset=latin-1"
+    )
+    result = await check_site(resources.http, monitor(url, regex="Café"), regex_timeout_s=1)
+    assert result.regex_matched is True
+
+
+async def test_the_regex_only_sees_the_first_mebibyte(
+    resources: Resources, target_server: TargetServer
+) -> None:
+    url = target_server.route("/big", body=b"a" * (1024 * 1024) + b"NEEDLE")
+    result = await check_site(resources.http, monitor(url, regex="NEEDLE"), regex_timeout_s=1)
+    assert result.regex_matched is False
+    assert result.status_code == 200
+
+
+async def test_a_runaway_regex_is_stopped_by_its_time_bound(
+    resources: Resources, target_server: TargetServer
+) -> None:
+    url = target_server.route("/evil", body=b"a" * 5000 + b"!")
+    result = await check_site(resources.http, monitor(url, regex=r"(a|aa)+$"), regex_timeout_s=0.05)
+    assert result.regex_matched is None
+    assert result.error_kind == "other"
+    assert result.error is not None and "regex" in result.error
+    assert result.up is False
+
+
+async def test_an_error_status_is_down_also_for_head(
+    resources: Resources, target_server: TargetServer
+) -> None:
+    url = target_server.route("/gone", status=503, body=b"")
+    result = await check_site(resources.http, monitor(url, method="HEAD"), regex_timeout_s=1)
+    assert result.status_code == 503
+    assert result.up is False
+    assert result.error_kind is None
+    assert target_server.requests["/gone"][0].method == "HEAD"
+
+
+async def test_a_target_that_does_not_answer_in_time_is_a_timeout(
+    resources: Resources, target_server: TargetServer
+) -> None:
+    url = target_server.route("/slow", delay_s=5)
+    started = asyncio.get_running_loop().time()
+    result = await check_site(resources.http, monitor(url, timeout_s=0.3), regex_timeout_s=1)
+    assert asyncio.get_running_loop().time() - started < 3
+    assert result.error_kind == "timeout"
+    assert result.status_code is None
+    assert result.response_time_ms is None
+    assert result.up is False
+
+
+async def test_a_closed_port_is_a_connect_error(resources: Resources) -> None:
+    from tests.fixtures.app import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/"
+    result = await check_site(resources.http, monitor(url), regex_timeout_s=1)
+    assert result.error_kind == "connect"
+    assert result.error
+
+
+async def insert_monitors(pool: Pool, urls: list[str], interval_s: int) -> list[uuid.UUID]:
+    ids = [uuid.uuid4() for _ in urls]
+    async with pool.connection() as conn:
+        for monitor_id, url in zip(ids, urls, strict=True):
+            await conn.execute(
+                "INSERT INTO monitors (id, url, interval_s, timeout_s, due_at)"
+                " VALUES (%s, %s, %s, 2, now())",
+                (monitor_id, url, interval_s),
+            )
+    return ids
+
+
+async def drain(bus: MemoryBus, expected: int, within_s: float) -> list[Any]:
+    stop = asyncio.Event()
+    received = []
+    batches = bus.consume(stop, max_messages=1000, linger_s=0.05)
+
+    async def collect() -> None:
+        async for batch in batches:
+            received.extend(decode_check(message.value) for message in batch.messages)
+            if len(received) >= expected:
+                return
+
+    await asyncio.wait_for(collect(), within_s)
+    return received
+
+
+async def test_several_checkers_check_each_monitor_once_per_slot(
+    resources: Resources, target_server: TargetServer, stop_event: asyncio.Event
+) -> None:
+    urls = [target_server.route(f"/site/{n}", delay_s=0.05) for n in range(40)]
+    ids = await insert_monitors(resources.pool, urls, interval_s=3600)
+    checkers = [asyncio.create_task(run_checker(resources, stop_event)) for _ in range(3)]
+
+    results = await drain(resources.bus, len(ids), within_s=20)  # type: ignore[arg-type]
+    # Give any second check of the same slot the chance to happen before counting.
+    await asyncio.sleep(0.5)
+    stop_event.set()
+    await asyncio.gather(*checkers)
+
+    assert Counter(result.monitor_id for result in results) == Counter(ids)
+    assert all(target_server.hits[f"/site/{n}"] == 1 for n in range(40))
+    async with resources.pool.connection() as conn:
+        cursor = await conn.execute("SELECT due_at - now() AS ahead, lease_owner FROM monitors")
+        rows = await cursor.fetchall()
+    assert all(timedelta(minutes=59) < row["ahead"] <= timedelta(hours=1) for row in rows)
+    assert all(row["lease_owner"] is None for row in rows)
+
+
+async def test_a_late_monitor_skips_missed_slots(
+    resources: Resources, target_server: TargetServer, stop_event: asyncio.Event
+) -> None:
+    (monitor_id,) = await insert_monitors(resources.pool, [target_server.route("/late")], 60)
+    async with resources.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE monitors SET due_at = now() - interval '150 seconds' WHERE id = %s",
+            (monitor_id,),
+        )
+        cursor = await conn.execute("SELECT due_at FROM monitors WHERE id = %s", (monitor_id,))
+        row = await cursor.fetchone()
+    assert row is not None
+    first_due: datetime = row["due_at"]
+    checker = asyncio.create_task(run_checker(resources, stop_event))
+    await drain(resources.bus, 1, within_s=10)  # type: ignore[arg-type]
+    stop_event.set()
+    await checker
+    async with resources.pool.connection() as conn:
+        cursor = await conn.execute("SELECT due_at FROM monitors WHERE id = %s", (monitor_id,))
+        row = await cursor.fetchone()
+    assert row is not None
+    # Slots stay on the original grid: three intervals on, the first not in the past.
+    assert row["due_at"] == first_due + timedelta(seconds=180)
+    assert target_server.hits["/late"] == 1
+
+
+async def wait_for_checks(api: httpx.AsyncClient, monitor_id: str, count: int) -> list[Any]:
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        checks: list[Any] = (await api.get(f"/monitors/{monitor_id}/checks")).json()
+        if len(checks) >= count:
+            return checks
+        assert asyncio.get_running_loop().time() < deadline, f"only {len(checks)} checks"
+        await asyncio.sleep(0.1)
+
+
+async def test_end_to_end_through_the_in_process_bus(
+    resources: Resources, target_server: TargetServer
+) -> None:
+    """Without Kafka, `errands serve` checks, stores and answers uptime in one process."""
+    settings = resources.settings
+    assert settings.kafka_bootstrap_servers is None
+    up_url = target_server.route("/up", body=b"status: green")
+    down_url = target_server.route("/down", status=500)
+    async with serve_app(settings, loops=["monitors", "sink"]) as running:
+        api = running.client
+        up = await api.post("/monitors", json={"url": up_url, "interval_s": 5, "regex": "green"})
+        down = await api.post("/monitors", json={"url": down_url, "interval_s": 5})
+        assert up.status_code == down.status_code == 201
+        up_checks = await wait_for_checks(api, up.json()["id"], 1)
+        down_checks = await wait_for_checks(api, down.json()["id"], 1)
+        assert up_checks[0]["regex_matched"] is True and up_checks[0]["up"] is True
+        assert down_checks[0]["status_code"] == 500 and down_checks[0]["up"] is False
+        uptime = (await api.get(f"/monitors/{up.json()['id']}/uptime?window=1h")).json()
+        assert uptime["checks"] >= 1
+        assert uptime["uptime_pct"] == 100.0
+        assert uptime["p50_ms"] is not None

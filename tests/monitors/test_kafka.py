@@ -1,0 +1,201 @@
+"""Check results through a real Kafka-compatible broker (Tansu): end to end, and a sink killed
+mid-batch that loses and duplicates nothing."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from contextlib import aclosing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from errands.config import Settings
+from errands.core.bus import KafkaBus, open_bus
+from errands.monitors.results import CheckResult, encode_check
+from tests.fixtures.app import serve_app
+from tests.fixtures.targets import TargetServer
+
+
+async def scalar(url: str, query: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cursor = await conn.execute(query)
+        row = await cursor.fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+async def wait_until(predicate: Any, within_s: float, message: str) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, message
+        await asyncio.sleep(0.05)
+
+
+async def test_the_kafka_bus_carries_batches_and_resumes_after_commit(
+    kafka_settings: Settings,
+) -> None:
+    async with open_bus(kafka_settings) as bus:
+        assert isinstance(bus, KafkaBus)
+        for n in range(30):
+            await bus.publish(f"k{n % 3}".encode(), f"v{n}".encode())
+        stop = asyncio.Event()
+        seen: list[bytes] = []
+        async with aclosing(bus.consume(stop, max_messages=10, linger_s=0.1)) as batches:
+            async for batch in batches:
+                assert len(batch.messages) <= 10
+                seen.extend(message.value for message in batch.messages)
+                await batch.commit()
+                if len(seen) >= 20:
+                    break
+        # A consumer of the same group starts after the committed offsets.
+        for n in range(30, 35):
+            await bus.publish(b"k0", f"v{n}".encode())
+        rest: list[bytes] = []
+        async with aclosing(bus.consume(stop, max_messages=100, linger_s=0.1)) as batches:
+            async for batch in batches:
+                rest.extend(message.value for message in batch.messages)
+                await batch.commit()
+                if len(seen) + len(rest) >= 35:
+                    break
+    assert sorted(seen + rest) == sorted(f"v{n}".encode() for n in range(35))
+
+
+async def test_end_to_end_from_monitor_to_uptime_through_kafka(
+    kafka_settings: Settings, target_server: TargetServer
+) -> None:
+    ok = target_server.route("/ok", body=b"<title>Shop</title> open")
+    closed = target_server.route("/closed", body=b"<title>Shop</title> closed")
+    slow = target_server.route("/slow", delay_s=3)
+    async with serve_app(kafka_settings, loops=["monitors", "sink"]) as running:
+        api = running.client
+        created = {}
+        for name, body in {
+            "ok": {"url": ok, "interval_s": 5, "regex": "open"},
+            "closed": {"url": closed, "interval_s": 5, "regex": "open"},
+            "plain": {"url": ok + "?plain", "interval_s": 5},
+            "slow": {"url": slow, "interval_s": 5, "timeout_s": 0.5},
+        }.items():
+            response = await api.post("/monitors", json=body)
+            assert response.status_code == 201, response.text
+            created[name] = response.json()["id"]
+
+        async def all_checked() -> bool:
+            for monitor_id in created.values():
+                if not (await api.get(f"/monitors/{monitor_id}/checks")).json():
+                    return False
+            return True
+
+        await wait_until(all_checked, 30, "not every monitor's check reached the database")
+        latest = {
+            name: (await api.get(f"/monitors/{monitor_id}/checks?limit=1")).json()[0]
+            for name, monitor_id in created.items()
+        }
+        assert latest["ok"]["regex_matched"] is True and latest["ok"]["up"] is True
+        assert latest["closed"]["regex_matched"] is False and latest["closed"]["up"] is False
+        assert latest["plain"]["regex_matched"] is None and latest["plain"]["status_code"] == 200
+        assert latest["slow"]["error_kind"] == "timeout"
+        assert latest["slow"]["status_code"] is None
+        for window in ("1h", "30d"):
+            uptime = (await api.get(f"/monitors/{created['ok']}/uptime?window={window}")).json()
+            assert uptime["checks"] >= 1
+            assert uptime["uptime_pct"] == 100.0
+            assert uptime["p95_ms"] is not None
+            down = (await api.get(f"/monitors/{created['slow']}/uptime?window={window}")).json()
+            assert down["uptime_pct"] == 0.0
+            assert down["p50_ms"] is None
+
+
+def sink_process(settings: Settings, batch_size: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "ERRANDS_DATABASE_URL": str(settings.database_url),
+        "ERRANDS_DATA_DIR": str(settings.data_dir),
+        "ERRANDS_KAFKA_BOOTSTRAP_SERVERS": str(settings.kafka_bootstrap_servers),
+        "ERRANDS_KAFKA_TOPIC": settings.kafka_topic,
+        "ERRANDS_KAFKA_GROUP_ID": settings.kafka_group_id,
+        "ERRANDS_KAFKA_ENABLE_IDEMPOTENCE": "false",
+        "ERRANDS_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
+        "ERRANDS_SINK_BATCH_SIZE": str(batch_size),
+        "ERRANDS_SINK_LINGER_S": "0.05",
+        "ERRANDS_LOG_LEVEL": "warning",
+    }
+    with log.open("ab") as stderr:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "errands", "sink"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+
+def known_checks(count: int) -> list[CheckResult]:
+    monitors = [uuid.uuid4() for _ in range(20)]
+    start = datetime.now(UTC) - timedelta(hours=2)
+    return [
+        CheckResult(
+            check_id=uuid.uuid4(),
+            monitor_id=monitors[n % len(monitors)],
+            checked_at=start + timedelta(milliseconds=300 * n),
+            url="https://example.com/",
+            status_code=200 if n % 7 else 502,
+            response_time_ms=float(5 + n % 400),
+            dns_ms=None,
+            connect_ms=None,
+            tls_ms=None,
+            first_byte_ms=None,
+            regex_matched=None,
+            error_kind=None,
+            error=None,
+        )
+        for n in range(count)
+    ]
+
+
+async def test_a_sink_killed_mid_batch_loses_and_duplicates_nothing(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    total = 20_000
+    checks = known_checks(total)
+    async with open_bus(kafka_settings) as bus:
+        await asyncio.gather(
+            *(bus.publish(str(c.monitor_id).encode(), encode_check(c)) for c in checks)
+        )
+    url = str(kafka_settings.database_url)
+
+    sink = sink_process(kafka_settings, batch_size=200, log=tmp_path / "sink.log")
+    try:
+        await wait_until(
+            lambda: scalar(url, "SELECT count(*) FROM checks"), 60, "the sink stored nothing"
+        )
+        sink.send_signal(signal.SIGKILL)
+        sink.wait(timeout=10)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+    stored_at_kill = await scalar(url, "SELECT count(*) FROM checks")
+    assert 0 < stored_at_kill < total, "the sink was not killed mid-way"
+
+    restarted = sink_process(kafka_settings, batch_size=2000, log=tmp_path / "sink.log")
+    try:
+
+        async def all_stored() -> bool:
+            assert restarted.poll() is None, (tmp_path / "sink.log").read_text()
+            return await scalar(url, "SELECT count(*) FROM checks") >= total
+
+        await wait_until(all_stored, 60, "the restarted sink did not store every check")
+        # Anything redelivered after the kill has been read by now; nothing more may appear.
+        await asyncio.sleep(1.0)
+    finally:
+        restarted.terminate()
+        restarted.wait(timeout=20)
+    assert restarted.returncode == 0
+    assert await scalar(url, "SELECT count(*) FROM checks") == total
+    assert await scalar(url, "SELECT count(DISTINCT check_id) FROM checks") == total
+    assert await scalar(url, "SELECT sum(checks) FROM check_rollups") == total
+    expected_up = sum(1 for check in checks if check.up)
+    assert await scalar(url, "SELECT sum(up) FROM check_rollups") == expected_up
+    assert await scalar(url, "SELECT sum(responses) FROM check_rollups") == total
