@@ -2,6 +2,10 @@
 PostgreSQL, without the operational probes."""
 
 import asyncio
+import contextlib
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -15,7 +19,7 @@ from errands.config import Settings
 from errands.core.db import Pool
 from errands.stats.histogram import BIN_COUNT, bin_of
 from errands.stats.store import MinuteTotals, add_minutes, fold_old_minutes, read_totals
-from tests.fixtures.app import serve_app
+from tests.fixtures.app import free_port, serve_app
 
 FAST_FLUSH = {"stats_flush_interval_s": 0.1}
 
@@ -138,3 +142,53 @@ async def test_old_minutes_fold_into_days_without_changing_totals(pool: Pool) ->
     assert after[0].count == 7 and after[0].errors == 4
     assert [row["process"] for row in rows] == ["", "p1"]
     assert rows[0]["minute"] == old.replace(hour=0, minute=0)
+
+
+def start_api(database_url: str, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "ERRANDS_DATABASE_URL": database_url,
+        "ERRANDS_PORT": str(port),
+        "ERRANDS_STATS_FLUSH_INTERVAL_S": "0.2",
+        "ERRANDS_LOG_LEVEL": "warning",
+    }
+    return subprocess.Popen([sys.executable, "-m", "errands", "api"], env=env)
+
+
+async def wait_ready(client: httpx.AsyncClient, process: subprocess.Popen[bytes]) -> None:
+    give_up = time.monotonic() + 30
+    while time.monotonic() < give_up:
+        assert process.poll() is None, "errands api exited"
+        with contextlib.suppress(httpx.HTTPError):
+            if (await client.get("/readyz")).status_code == 200:
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError("errands api did not become ready")
+
+
+async def test_two_errands_api_processes_report_the_sum(database_url: str) -> None:
+    ports = [free_port(), free_port()]
+    processes = [start_api(database_url, port) for port in ports]
+    clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") for port in ports]
+    try:
+        for client, process in zip(clients, processes, strict=True):
+            await wait_ready(client, process)
+        for count, client in zip((4, 6), clients, strict=True):
+            for _ in range(count):
+                assert (await client.post("/titles", json={"domains": []})).status_code == 422
+
+        def summed(stats: dict[str, Any]) -> bool:
+            entry = by_route(stats["since_start"]).get(("POST", "/titles"))
+            return entry is not None and entry["count"] == 10
+
+        stats = await stats_when(clients[0], summed)
+    finally:
+        for client in clients:
+            await client.aclose()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+
+    entry = by_route(stats["since_start"])[("POST", "/titles")]
+    assert (entry["count"], entry["errors"]) == (10, 10)

@@ -21,10 +21,10 @@ log = structlog.get_logger(__name__)
 
 TitleStatus = Literal["ok", "no_title", "timeout", "error"]
 
-# Left for the response itself, so the answer leaves within the cap.
-RESPONSE_MARGIN_S = 0.05
-# Cancelled fetches only close sockets; waiting longer than this for them is not worth it.
-CANCEL_GRACE_S = 0.2
+# Fetches stop this long before the cap, leaving time to close them and send the answer.
+RESPONSE_MARGIN_S = 0.1
+# Cancelled fetches only close sockets; those not closed within this finish in the background.
+CANCEL_GRACE_S = 0.05
 ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"
 # Errors after which the plain-http try for a bare domain cannot fare better.
 _FINAL_KINDS = frozenset({"blocked", "dns", "redirect", "timeout"})
@@ -41,6 +41,9 @@ class PageTitle:
 
 
 TitleCache = RecentTitles[Target, PageTitle]
+
+# Cancelled fetches still closing after the answer was sent, held so they finish undisturbed.
+_closing: set["asyncio.Task[PageTitle]"] = set()
 
 
 async def fetch_titles(
@@ -90,8 +93,9 @@ async def fetch_titles(
         found[target] = page
     if unfinished:
         _, still_closing = await asyncio.wait(unfinished, timeout=CANCEL_GRACE_S)
-        if still_closing:
-            log.warning("title_fetches_still_closing", count=len(still_closing))
+        for task in still_closing:
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
     return [found[target] for target in targets]
 
 
