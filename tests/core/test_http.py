@@ -236,6 +236,38 @@ async def test_redirects_are_followed_to_the_final_url(
     assert middle.endswith("/middle")
 
 
+def allow_only_127_0_0_1(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """The real policy, except that 127.0.0.1 plays a public site: the first hop of a redirect."""
+    if str(ip) == "127.0.0.1":
+        return None
+    return "blocked" if is_blocked_address(ip) else None
+
+
+@pytest.fixture
+async def internal_server() -> AsyncIterator[TargetServer]:
+    """A server on another loopback address, standing for an internal service."""
+    async with TargetServer(host="127.0.0.2") as server:
+        yield server
+
+
+@pytest.mark.parametrize("by", ["address", "name"])
+async def test_a_redirect_to_a_blocked_address_is_refused_at_that_hop(
+    target_server: TargetServer, internal_server: TargetServer, by: str
+) -> None:
+    internal = internal_server.route("/admin", body=b"secrets")
+    if by == "name":
+        internal = internal.replace("127.0.0.2", "intranet.test")
+    start = target_server.route("/start", redirect_to=internal)
+    resolver = StaticResolver({"intranet.test": ["127.0.0.2"]})
+    async with GuardedClient(
+        allow_private=False, resolver=resolver, why_blocked=allow_only_127_0_0_1
+    ) as client:
+        with pytest.raises(BlockedTarget, match=r"127\.0\.0\.2|intranet\.test"):
+            await client.fetch("GET", start)
+    assert target_server.hits["/start"] == 1, "the first hop was allowed and followed"
+    assert internal_server.hits["/admin"] == 0, "the internal service was never contacted"
+
+
 @pytest.mark.parametrize("location", ["ftp://127.0.0.1/file", "file:///etc/passwd"])
 async def test_a_redirect_to_another_scheme_is_refused(
     open_client: GuardedClient, target_server: TargetServer, location: str
