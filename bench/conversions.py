@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyvips
+
+from errands.config import Settings
+from errands.conversions.supervisor import child_command, child_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
@@ -176,10 +178,9 @@ def errands_run(sample: Sample, out_dir: Path) -> Run:
         },
         "memory_limit_bytes": CHILD_MEMORY_MB * 1024 * 1024,
     }
-    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # as the supervisor starts its children
-    run = measure(
-        [sys.executable, "-m", "errands.conversions.convert"], json.dumps(job).encode(), env
-    )
+    # Started as the supervisor starts its children; one at a time here, as ImageMagick runs.
+    env = child_environment(Settings(conversion_workers=1))
+    run = measure(child_command(), json.dumps(job).encode(), env)
     return Run(run.seconds, run.peak_rss_bytes, len(list(out_dir.glob("*.png"))))
 
 

@@ -10,6 +10,7 @@ import httpx
 import psutil
 import psycopg
 import pyvips
+from prometheus_client import REGISTRY
 
 from errands.config import Settings
 from tests.conversions import samples
@@ -61,7 +62,15 @@ async def wait_for_new_child(known: set[int], within_s: float = 30.0) -> int:
     return new.pop()
 
 
+def sample_value(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
 async def test_uploaded_files_become_pngs_with_their_resolutions(settings: Settings) -> None:
+    converted_before = sample_value(
+        "errands_conversion_duration_seconds_count", {"outcome": "done"}
+    )
+    measured_before = sample_value("errands_conversion_child_peak_rss_bytes_count")
     async with serve_app(settings, loops=["conversions"]) as app:
         upload_id = await post_upload(
             app.client,
@@ -109,6 +118,10 @@ async def test_uploaded_files_become_pngs_with_their_resolutions(settings: Setti
         status = (await app.client.get(f"/uploads/{upload_id}/status")).json()
         assert (status["status"], status["files_done"], status["files_total"]) == ("done", 7, 7)
 
+    converted = sample_value("errands_conversion_duration_seconds_count", {"outcome": "done"})
+    assert converted - converted_before == 7
+    assert sample_value("errands_conversion_child_peak_rss_bytes_count") - measured_before == 7
+
 
 async def test_bad_files_fail_alone_with_a_clear_error(settings: Settings) -> None:
     async with serve_app(settings, loops=["conversions"]) as app:
@@ -136,20 +149,22 @@ async def test_bad_files_fail_alone_with_a_clear_error(settings: Settings) -> No
 
 
 async def test_a_child_out_of_memory_fails_its_file_only(settings: Settings) -> None:
-    # A page rendered at 3500x3500 needs ~50 MB at once: more than 128 MB of address space
-    # leaves once the libraries are loaded, so this child runs out every time.
-    starved = settings.model_copy(update={"conversion_child_memory_mb": 128})
+    # A 60-inch page rendered at 150 dpi is 9000x9000 pixels, 324 MB at once: far over a
+    # 256 MB limit, while a small JPEG needs a fraction of it.
+    starved = settings.model_copy(
+        update={"conversion_child_memory_mb": 256, "conversion_max_side": 9000}
+    )
     async with serve_app(starved, loops=["conversions"]) as app:
         upload_id = await post_upload(
             app.client,
-            ("poster.pdf", samples.pdf([(72 * 30, 72 * 30)])),
+            ("poster.pdf", samples.pdf([(72 * 60, 72 * 60)])),
             ("small.jpg", samples.jpeg(400, 300)),
         )
         upload = await wait_until_finished(app.client, upload_id)
     poster, small = upload["files"]
     assert (poster["status"], poster["attempts"]) == ("failed", 2)
     assert (
-        poster["error"] == "conversion ran out of memory (limit 128 MB); gave up after 2 attempts"
+        poster["error"] == "conversion ran out of memory (limit 256 MB); gave up after 2 attempts"
     )
     assert (small["status"], small["attempts"]) == ("done", 1)
 

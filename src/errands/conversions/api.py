@@ -41,6 +41,15 @@ Status = Literal["queued", "processing", "done", "failed"]
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
+class Problem(BaseModel):
+    detail: str
+
+
+NOT_FOUND: dict[int | str, dict[str, object]] = {
+    404: {"model": Problem, "description": "No such upload"}
+}
+
+
 class UploadCreated(BaseModel):
     id: uuid.UUID
     status: Literal["queued"]
@@ -281,9 +290,9 @@ UPLOAD_BODY_DOC = {
     response_model=UploadCreated,
     openapi_extra=UPLOAD_BODY_DOC,
     responses={
-        400: {"description": "Not a multipart upload of files"},
-        413: {"description": "Larger than the upload cap"},
-        415: {"description": "A file is not a PDF, PNG or JPEG"},
+        400: {"model": Problem, "description": "Not a multipart upload of files"},
+        413: {"model": Problem, "description": "Larger than the upload cap"},
+        415: {"model": Problem, "description": "A file is not a PDF, PNG or JPEG"},
     },
 )
 async def create_upload(request: Request, resources: ResourcesDep) -> dict[str, object]:
@@ -354,7 +363,7 @@ def _file_view(file: store.StoredFile) -> FileView:
     )
 
 
-@router.get("/uploads/{upload_id}", response_model=UploadView)
+@router.get("/uploads/{upload_id}", response_model=UploadView, responses=NOT_FOUND)
 async def read_upload(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadView:
     """The upload's status and, per file, its original, status, error and PNGs."""
     files = await _files_of(resources, upload_id)
@@ -365,7 +374,7 @@ async def read_upload(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadVi
     )
 
 
-@router.get("/uploads/{upload_id}/status", response_model=UploadStatus)
+@router.get("/uploads/{upload_id}/status", response_model=UploadStatus, responses=NOT_FOUND)
 async def read_upload_status(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadStatus:
     """Whether processing is done, with counts of files done and failed."""
     files = await _files_of(resources, upload_id)
@@ -378,7 +387,7 @@ async def read_upload_status(upload_id: uuid.UUID, resources: ResourcesDep) -> U
     )
 
 
-@router.get("/uploads/{upload_id}/images", response_model=UploadImages)
+@router.get("/uploads/{upload_id}/images", response_model=UploadImages, responses=NOT_FOUND)
 async def read_upload_images(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadImages:
     """Every PNG made so far, in file then page order, with its resolution."""
     files = await _files_of(resources, upload_id)
@@ -400,7 +409,7 @@ async def read_upload_images(upload_id: uuid.UUID, resources: ResourcesDep) -> U
     )
 
 
-@router.get("/uploads/{upload_id}/originals", response_model=UploadOriginals)
+@router.get("/uploads/{upload_id}/originals", response_model=UploadOriginals, responses=NOT_FOUND)
 async def read_upload_originals(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadOriginals:
     """Where to download each uploaded file as it was received."""
     files = await _files_of(resources, upload_id)
@@ -424,8 +433,8 @@ async def read_upload_originals(upload_id: uuid.UUID, resources: ResourcesDep) -
     response_class=StreamingResponse,
     responses={
         200: {"content": {"image/png": {}, "image/jpeg": {}, "application/pdf": {}}},
-        400: {"description": "Not a valid file path"},
-        404: {"description": "No such file"},
+        400: {"model": Problem, "description": "Not a valid file path"},
+        404: {"model": Problem, "description": "No such file"},
     },
 )
 async def download_file(path: str, resources: ResourcesDep) -> StreamingResponse:

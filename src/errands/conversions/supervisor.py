@@ -23,7 +23,13 @@ from errands.core import claims, metrics
 from errands.core.resources import Resources
 from errands.core.storage import StoredFileMissing
 
-__all__ = ["MAX_ATTEMPTS", "convert_uploaded_files"]
+__all__ = [
+    "MAX_ATTEMPTS",
+    "child_command",
+    "child_environment",
+    "convert_uploaded_files",
+    "run_child",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +39,7 @@ MAX_ATTEMPTS = 2
 QUEUE_DEPTH_INTERVAL_S = 5.0
 POLL_INTERVAL_S = 1.0
 STDERR_TAIL_CHARS = 500
+MAX_CHILD_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -154,10 +161,16 @@ def child_command() -> list[str]:
     return [sys.executable, "-m", "errands.conversions.convert"]
 
 
-def child_environment() -> dict[str, str]:
-    # Fewer malloc arenas keep the address space, which the memory limit caps, close to what is
-    # really used; each arena otherwise reserves 64 MiB per thread.
-    return {**os.environ, "MALLOC_ARENA_MAX": "2"}
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The environment of a conversion child, shaped for its memory limit (address space)."""
+    # The cores are shared between the children running at once; each libvips thread also
+    # reserves stack address space, and each malloc arena 64 MiB of it, against the limit.
+    threads = max(1, (os.cpu_count() or 1) // settings.conversion_workers)
+    return {
+        **os.environ,
+        "MALLOC_ARENA_MAX": "2",
+        "VIPS_CONCURRENCY": str(min(threads, MAX_CHILD_THREADS)),
+    }
 
 
 async def run_child(settings: Settings, source: Path, kind: str, out_dir: Path) -> Outcome:
@@ -179,7 +192,7 @@ async def run_child(settings: Settings, source: Path, kind: str, out_dir: Path) 
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=child_environment(),
+        env=child_environment(settings),
     )
     try:
         async with asyncio.timeout(settings.conversion_timeout_s):
