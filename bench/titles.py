@@ -143,7 +143,27 @@ def by_sequential_requests(urls: list[str]) -> list[str | None]:
     return titles
 
 
+def by_bare_aiohttp(urls: list[str]) -> list[str | None]:
+    """The floor on this machine: one aiohttp session reading each page's first 4 KB, with
+    no guard, no charset handling and no API in front."""
+    import aiohttp
+    import uvloop
+
+    async def main() -> list[str | None]:
+        connector = aiohttp.TCPConnector(limit=len(urls))
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one(url: str) -> str | None:
+                async with session.get(url) as response:
+                    return title_of((await response.content.read(4096)).decode())
+
+            return list(await asyncio.gather(*(one(url) for url in urls)))
+
+    return uvloop.run(main())
+
+
 PEERS: dict[str, Callable[[list[str]], list[str | None]]] = {
+    "bare aiohttp, first 4 KB (floor)": by_bare_aiohttp,
     "requests+threads": by_requests_in_threads,
     "httpx.AsyncClient": by_httpx_async,
     "sequential requests": by_sequential_requests,
@@ -218,6 +238,7 @@ def measure_errands(urls: list[str], port: int, label: str) -> dict[str, Any]:
         server = start_errands(data_dir, port)
         try:
             process = psutil.Process(server.pid)
+            idle_rss_mib = process.memory_info().rss / 2**20
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
                 runs = []
                 for run in ("first run", "second run"):
@@ -236,6 +257,7 @@ def measure_errands(urls: list[str], port: int, label: str) -> dict[str, Any]:
                             "cpu_s": cpu,
                             "peak_rss_mib": peak_rss_mib(server.pid),
                             "ok": ok,
+                            "idle_rss_mib": idle_rss_mib,
                         }
                     )
             return {"first": runs[0], "second": runs[1]}
@@ -304,6 +326,7 @@ def main() -> None:
         rows.append(measure_peer("requests+threads", urls))
         rows.append(measure_peer("httpx.AsyncClient", urls))
         rows.append(measure_peer("sequential requests", urls[: args.sequential_sites]))
+        rows.append(measure_peer("bare aiohttp, first 4 KB (floor)", urls))
     finally:
         if sites.stdin is not None:
             sites.stdin.close()
@@ -316,6 +339,9 @@ def main() -> None:
         f" (target < {ERRANDS_TARGET_S:.1f} s: {'met' if cold['wall_s'] < 1 else 'NOT met'});"
         f" {threads['wall_s'] / cold['wall_s']:.1f}x faster than requests + 32 threads"
         f" (target >= 10x: {'met' if threads['wall_s'] / cold['wall_s'] >= 10 else 'NOT met'})"
+    )
+    verdict += (
+        f"\nErrands server RSS when idle, before the first request: {cold['idle_rss_mib']:.0f} MiB"
     )
     report = table(rows, cold) + "\n\n" + verdict
     print(report)
