@@ -1,5 +1,6 @@
 """The timer API as a client sees it: the Sendcloud contract, validation and cancelling."""
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -180,3 +181,23 @@ async def test_cancel_refuses_a_fired_timer_or_one_being_fired(
     response = await api.delete(f"/timer/{firing['id']}")
     assert response.status_code == 409
     assert "being fired right now" in response.json()["detail"]
+
+
+async def test_concurrent_creations_each_get_their_own_committed_timer(
+    api: httpx.AsyncClient, pool: Pool
+) -> None:
+    responses = await asyncio.gather(
+        *(api.post("/timer", json={"seconds": n, "url": f"{HOOK}/{n}"}) for n in range(200))
+    )
+
+    assert {response.status_code for response in responses} == {200}
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT id::text, url, extract(epoch FROM fire_at - created_at)::int AS delay"
+            " FROM timers"
+        )
+        stored = {row["id"]: (row["url"], row["delay"]) for row in await cursor.fetchall()}
+    for n, response in enumerate(responses):
+        assert response.json()["time_left"] == n
+        assert stored[response.json()["id"]] == (f"{HOOK}/{n}", n)
+    assert len(stored) == 200

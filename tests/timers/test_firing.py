@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import json
+import socket
 import time
 from typing import Any
 
@@ -39,18 +40,19 @@ async def test_timers_fire_on_time_with_the_timer_id(
     settings: Settings, receiver: Receiver, pool: Pool
 ) -> None:
     async with serve_app(settings, loops=["timers"]) as running:
-        created: dict[str, tuple[float, int]] = {}
+        created: dict[str, tuple[float, float]] = {}  # id: earliest and latest fair arrival
         for seconds in (0, 1, 2, 2):
+            asked_at = time.time()
             response = await running.client.post(
                 "/timer", json={"seconds": seconds, "url": receiver.url}
             )
-            created[response.json()["id"]] = (time.time(), seconds)
+            created[response.json()["id"]] = (asked_at + seconds, time.time() + seconds + 1.0)
 
         await receiver.wait_for_ids(len(created), timeout_s=10)
 
         for delivery in receiver.deliveries:
-            asked_at, seconds = created[delivery.timer_id]
-            assert seconds <= delivery.received_at - asked_at < seconds + 1.0
+            earliest, latest = created[delivery.timer_id]
+            assert earliest <= delivery.received_at < latest
             assert json.loads(delivery.body) == {"id": delivery.timer_id}
             assert delivery.headers["Idempotency-Key"] == delivery.timer_id
             assert delivery.headers["Content-Type"] == "application/json"
@@ -121,13 +123,15 @@ async def test_4xx_is_final(settings: Settings, receiver: Receiver, pool: Pool) 
 
 
 async def test_connection_errors_are_retried_then_the_timer_fails(
-    settings: Settings, receiver: Receiver, pool: Pool
+    settings: Settings, pool: Pool
 ) -> None:
-    await receiver.close()  # nothing listens on its port any more
-
-    timer = await create_and_settle(
-        settings.model_copy(update=FAST_RETRIES), pool, receiver.url, {"fired", "failed"}
-    )
+    # A port held but not listening refuses connections, and no other process can take it.
+    with socket.socket() as closed_port:
+        closed_port.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed_port.getsockname()[1]}/hook"
+        timer = await create_and_settle(
+            settings.model_copy(update=FAST_RETRIES), pool, url, {"fired", "failed"}
+        )
 
     assert timer["status"] == "failed"
     assert timer["attempts"] == 3
@@ -162,3 +166,17 @@ async def test_private_targets_fail_with_a_clear_error_unless_allowed(
     assert timer["attempts"] == 1
     assert "refused localhost" in timer["last_error"]
     assert receiver.deliveries == []
+
+
+async def test_a_timer_due_before_the_next_poll_wakes_the_firer(
+    settings: Settings, receiver: Receiver
+) -> None:
+    slow_polling = settings.model_copy(update={"timer_poll_interval_s": 30.0})
+    async with serve_app(slow_polling, loops=["timers"]) as running:
+        await running.client.post("/timer", json={"seconds": 1, "url": receiver.url})  # settle
+        await receiver.wait_for_ids(1, timeout_s=40)
+        asked_at = time.time()
+        await running.client.post("/timer", json={"seconds": 0, "url": receiver.url})
+        await receiver.wait_for_ids(2, timeout_s=5)
+
+    assert receiver.deliveries[1].received_at - asked_at < 1.0

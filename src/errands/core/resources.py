@@ -41,7 +41,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
     """FastAPI dependency: the resources the app's lifespan opened."""
+    # async although it never awaits: FastAPI runs a plain `def` dependency in a worker thread,
+    # which cost a third of the time of a POST /timer.
     resources: Resources = request.app.state.resources
     return resources

@@ -1,6 +1,8 @@
 """The timers table: creating, reading and cancelling timers, and recording how firing went."""
 
+import asyncio
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -11,22 +13,26 @@ from errands.core.db import Pool
 __all__ = [
     "CHANNEL",
     "FiredTimer",
+    "TimerCreator",
     "cancel_timer",
     "count_pending",
-    "create_timer",
     "get_timer",
     "mark_failed",
     "mark_fired",
     "schedule_retry",
+    "timer_creator",
 ]
 
 # Firers LISTEN here; creating a timer due sooner than their poll interval wakes them.
 CHANNEL = "errands_timers"
 
-CREATE_TIMER = """
-    INSERT INTO timers (url, fire_at, due_at)
-    VALUES (%(url)s, now() + %(delay)s, now() + %(delay)s)
-    RETURNING id
+# Ids are made here rather than by the database so a batch needs no RETURNING to match them up.
+CREATE_TIMERS = """
+    INSERT INTO timers (id, url, fire_at, due_at)
+    SELECT new.id, new.url, now() + new.delay_s * interval '1 second',
+           now() + new.delay_s * interval '1 second'
+      FROM unnest(%(ids)s::uuid[], %(urls)s::text[], %(delays_s)s::float8[])
+           AS new (id, url, delay_s)
 """
 
 # What users see of a timer. A pending timer whose lease is held is being sent right now.
@@ -114,25 +120,74 @@ class FiredTimer:
     sent_at: datetime
 
 
-async def create_timer(pool: Pool, url: str, delay: timedelta, *, wake_firers: bool) -> uuid.UUID:
-    """Insert a pending timer and return its id once committed.
+@dataclass(frozen=True)
+class _NewTimer:
+    id: uuid.UUID
+    url: str
+    delay_s: int
+    wake_firers: bool
+    created: "asyncio.Future[None]"
 
-    `wake_firers` sends a NOTIFY in the same transaction, for timers due before the firers' next
-    poll; the others are left without one, since NOTIFY serialises commits.
-    """
-    params = {"url": url, "delay": delay}
-    async with pool.connection() as conn:
-        if not wake_firers:
-            cursor = await conn.execute(CREATE_TIMER, params)
-            row = await cursor.fetchone()
-        else:
-            async with conn.transaction():
-                cursor = await conn.execute(CREATE_TIMER, params)
-                row = await cursor.fetchone()
+
+class TimerCreator:
+    """Group commit for new timers: timers asked for while one INSERT runs go into the next, so
+    the database sees one statement per batch however many requests arrive at once. Each caller
+    still gets its id only after the row holding it is committed."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._waiting: list[_NewTimer] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def create(self, url: str, delay_s: int, *, wake_firers: bool) -> uuid.UUID:
+        """Insert a pending timer and return its id once committed.
+
+        `wake_firers` sends a NOTIFY with the batch, for timers due before the firers' next
+        poll; other batches go without, since NOTIFY serialises commits.
+        """
+        timer = _NewTimer(uuid.uuid4(), url, delay_s, wake_firers, asyncio.Future())
+        self._waiting.append(timer)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting(), name="timers:create")
+        await timer.created
+        return timer.id
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                await self._insert(batch)
+            except Exception as error:
+                # Each caller raises it; none of the batch was committed.
+                for timer in batch:
+                    if not timer.created.done():
+                        timer.created.set_exception(error)
+                continue
+            for timer in batch:
+                if not timer.created.done():
+                    timer.created.set_result(None)
+
+    async def _insert(self, batch: list[_NewTimer]) -> None:
+        params = {
+            "ids": [timer.id for timer in batch],
+            "urls": [timer.url for timer in batch],
+            "delays_s": [timer.delay_s for timer in batch],
+        }
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(CREATE_TIMERS, params)
+            if any(timer.wake_firers for timer in batch):
                 await claims.notify(conn, CHANNEL)
-    assert row is not None  # INSERT ... RETURNING yields its row
-    timer_id: uuid.UUID = row["id"]
-    return timer_id
+
+
+_creators: "weakref.WeakKeyDictionary[Pool, TimerCreator]" = weakref.WeakKeyDictionary()
+
+
+def timer_creator(pool: Pool) -> TimerCreator:
+    """The one creator per pool, so all of a process's requests share its batches."""
+    creator = _creators.get(pool)
+    if creator is None:
+        creator = _creators[pool] = TimerCreator(pool)
+    return creator
 
 
 async def get_timer(pool: Pool, timer_id: uuid.UUID) -> dict[str, Any] | None:
