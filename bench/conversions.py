@@ -7,7 +7,10 @@ A fixed corpus is generated (8000x6000 JPEG, 12000x9000 JPEG, 5000x5000 PNG with
 process per file: Errands' child entry point (`python -m errands.conversions.convert`, the very
 process the supervisor starts) and ImageMagick's `convert` (which hands PDFs to Ghostscript).
 Peak RSS comes from `os.wait4`: the largest resident set of the process or any descendant it
-waited for (Ghostscript included). Time is wall-clock, the best of N runs.
+waited for (Ghostscript included). A process starts with the peak of the process it was forked
+from, so every command is started by a small launcher (`python -S`, about 6 MiB) rather than by
+this script, whose generated corpus would otherwise count. Time is wall-clock around the command
+inside the launcher, the best of N runs.
 
 ImageMagick and Ghostscript are installed from Debian (`apt-get install -y imagemagick
 ghostscript`) when missing. Debian's ImageMagick policy forbids PDF and caps memory at 256 MiB,
@@ -22,8 +25,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,30 +142,34 @@ def megabytes_on_disk(sample: Sample) -> str:
 # --- the two converters, one process per file -------------------------------------------------
 
 
+# Forks and execs the command, then reports its wall time, peak RSS and exit code as one line.
+LAUNCHER = """
+import os, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(
     command: list[str], stdin: bytes | None = None, env: dict[str, str] | None = None
 ) -> Run:
-    """Run `command` to the end; its wall time and the peak RSS os.wait4 reports."""
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    """Run `command` to the end through the launcher; its wall time and peak RSS."""
+    # The command's own output is not needed: its PNGs are counted in its folder.
+    launched = subprocess.run(
+        [sys.executable, "-S", "-c", LAUNCHER, "sh", "-c", 'exec "$@" >/dev/null', "sh", *command],
+        input=stdin,
+        capture_output=True,
         env=env,
+        check=True,
     )
-    if stdin is not None:
-        assert process.stdin is not None
-        process.stdin.write(stdin)
-        process.stdin.close()
-    assert process.stderr is not None
-    errors = process.stderr.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{command[0]} failed ({process.returncode}): {errors[-500:]!r}")
-    return Run(seconds=seconds, peak_rss_bytes=usage.ru_maxrss * 1024, outputs=0)
+    seconds, max_rss_kib, exit_code = launched.stdout.split()
+    if int(exit_code) != 0:
+        raise RuntimeError(f"{command[0]} failed ({exit_code}): {launched.stderr[-500:]!r}")
+    return Run(seconds=float(seconds), peak_rss_bytes=int(max_rss_kib) * 1024, outputs=0)
 
 
 def errands_run(sample: Sample, out_dir: Path) -> Run:
