@@ -73,22 +73,27 @@ async def fetch_titles(
 
     if tasks:
         await asyncio.wait(tasks.values(), timeout=max(deadline - time.monotonic(), 0.0))
-    unfinished = [task for task in tasks.values() if not task.done()]
+    unfinished = {task for task in tasks.values() if not task.done()}
     for task in unfinished:
         task.cancel()
     for target, task in tasks.items():
-        if task.done() and not task.cancelled():
-            page = task.result()
-            if cache is not None and page.status in ("ok", "no_title"):
-                cache.put(target, page)
-        else:
+        if task in unfinished:
             page = PageTitle(
                 url=target.urls[0],
                 title=None,
                 status="timeout",
                 error=f"no title within {timeout_s:g} s",
-                elapsed_ms=(time.monotonic() - started) * 1000,
+                elapsed_ms=round((time.monotonic() - started) * 1000, 2),
             )
+        elif (failure := task.exception()) is not None:
+            # One page tripping an unforeseen failure must not cost the other pages their
+            # answers; the traceback goes to the log so the bug is seen and fixed.
+            log.error("title_fetch_crashed", url=target.urls[0], exc_info=failure)
+            page = _page(target.urls[0], None, "error", "unexpected failure reading the page")
+        else:
+            page = task.result()
+            if cache is not None and page.status in ("ok", "no_title"):
+                cache.put(target, page)
         TITLES_FETCHED.labels(outcome=page.status).inc()
         found[target] = page
     if unfinished:
