@@ -18,7 +18,7 @@ import pytest
 from tests.fixtures.app import free_port
 from tests.fixtures.targets import TargetServer
 
-DRAIN_S = 1.5
+DRAIN_S = 3.0
 GRACE_S = 3.0
 # How long a load balancer keeps sending after it saw /readyz fail: well inside the drain.
 BALANCER_LAG_S = 0.5
@@ -176,7 +176,7 @@ async def test_sigterm_under_load_drains_finishes_requests_and_releases_leases(
     assert exit_code == 0, server.log.read_text()[-3000:]
     assert exited_after_s < DRAIN_S + 2 * GRACE_S + 2
     assert report.failures == []
-    assert report.unready_at is not None and report.unready_at - signalled_at < 0.5
+    assert report.unready_at is not None and report.unready_at - signalled_at < 1.0
     assert report.answered_while_draining > 0, "kept serving while the balancer caught up"
     assert report.answered > 20
     assert title.status_code == 200, title.text
