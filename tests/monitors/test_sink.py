@@ -54,9 +54,9 @@ async def test_a_batch_is_stored_once_however_often_it_arrives(resources: Resour
     results = results_for(monitor_id, start, 300, timedelta(seconds=30))
     values = [encode_check(result) for result in results]
 
-    assert await store_batch(resources, values) == 300
-    assert await store_batch(resources, values) == 0
-    assert await store_batch(resources, values[100:] + values[:50]) == 0
+    assert (await store_batch(resources, values)).stored == 300
+    assert (await store_batch(resources, values)).stored == 0
+    assert (await store_batch(resources, values[100:] + values[:50])).stored == 0
 
     pool = resources.pool
     assert await count(pool, "SELECT count(*) FROM checks") == 300
@@ -94,8 +94,8 @@ async def test_a_batch_split_differently_on_redelivery_adds_only_the_new_rows(
     monitor_id = uuid.uuid4()
     start = datetime.now(UTC) - timedelta(minutes=30)
     values = [encode_check(r) for r in results_for(monitor_id, start, 100, timedelta(seconds=10))]
-    assert await store_batch(resources, values[:60]) == 60
-    assert await store_batch(resources, values[40:]) == 40
+    assert (await store_batch(resources, values[:60])).stored == 60
+    assert (await store_batch(resources, values[40:])).stored == 40
     assert await count(resources.pool, "SELECT count(*) FROM checks") == 100
     assert await count(resources.pool, "SELECT sum(checks) FROM check_rollups") == 100
 
@@ -104,7 +104,7 @@ async def test_partitions_are_made_on_demand_for_each_day(resources: Resources) 
     monitor_id = uuid.uuid4()
     start = datetime.now(UTC) - timedelta(days=5)
     values = [encode_check(r) for r in results_for(monitor_id, start, 6, timedelta(days=1))]
-    assert await store_batch(resources, values) == 6
+    assert (await store_batch(resources, values)).stored == 6
     async with resources.pool.connection() as conn:
         cursor = await conn.execute(
             "SELECT tableoid::regclass::text AS part, count(*) FROM checks GROUP BY 1"
@@ -114,15 +114,77 @@ async def test_partitions_are_made_on_demand_for_each_day(resources: Resources) 
     assert parts == {store.partition_name(day): 1 for day in expected_days}
 
 
-async def test_bad_and_out_of_range_messages_are_skipped(resources: Resources) -> None:
+def stored_row(result: CheckResult) -> dict[str, object]:
+    return {
+        "check_id": result.check_id,
+        "checked_at": result.checked_at,
+        "status_code": result.status_code,
+        "up": result.up,
+        "regex_matched": result.regex_matched,
+        "error_kind": result.error_kind,
+        "error": result.error,
+    }
+
+
+async def stored_rows(pool: Pool) -> list[dict[str, object]]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT check_id, checked_at, status_code, up, regex_matched, error_kind, error"
+            " FROM checks ORDER BY checked_at"
+        )
+        return await cursor.fetchall()
+
+
+MALFORMED = [
+    b'{"schema": 2}',
+    b"[1, 2]",
+    b"42",
+    b'{"schema": 1, "check_id": null}',
+]
+
+
+async def test_malformed_and_out_of_range_messages_are_left_out(resources: Resources) -> None:
     monitor_id = uuid.uuid4()
     now = datetime.now(UTC)
-    good = results_for(monitor_id, now, 2, timedelta(seconds=1))
+    good = results_for(monitor_id, now - timedelta(seconds=10), 3, timedelta(seconds=1))
+    good.append(
+        CheckResult(**{**vars(good[0]), "check_id": uuid.uuid4(), "error": "tab\tnew\nline \\"})
+    )
     too_old = results_for(monitor_id, now - timedelta(days=1000), 1, timedelta(seconds=1))
     future = results_for(monitor_id, now + timedelta(days=30), 1, timedelta(seconds=1))
-    values = [b"garbage", *(encode_check(r) for r in good + too_old + future)]
-    assert await store_batch(resources, values) == 2
-    assert await count(resources.pool, "SELECT count(*) FROM checks") == 2
+    bad_kind = encode_check(good[1]).replace(b'"error_kind":null', b'"error_kind":"gremlins"')
+    values = [*MALFORMED, bad_kind, *(encode_check(r) for r in good + too_old + future)]
+
+    batch = await store_batch(resources, values)
+
+    assert (batch.stored, batch.skipped) == (4, len(values) - 4)
+    by_time = sorted(good, key=lambda r: (r.checked_at, str(r.check_id)))
+    rows = await stored_rows(resources.pool)
+    assert sorted(rows, key=lambda r: (r["checked_at"], str(r["check_id"]))) == [
+        stored_row(r) for r in by_time
+    ]
+
+
+async def test_a_message_postgresql_cannot_read_is_left_out_alone(resources: Resources) -> None:
+    """Text that is not JSON makes PostgreSQL refuse the whole batch; the good messages of that
+    batch are stored anyway, decoded one by one."""
+    monitor_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    good = results_for(monitor_id, now - timedelta(seconds=10), 5, timedelta(seconds=1))
+    not_a_uuid = encode_check(good[0]).replace(str(good[0].check_id).encode(), b"not-a-uuid")
+    values = [
+        b"not json at all",
+        b"\xff\xfe",
+        not_a_uuid,
+        *(encode_check(r) for r in good),
+    ]
+
+    batch = await store_batch(resources, values)
+
+    assert (batch.stored, batch.skipped) == (5, 3)
+    rows = await stored_rows(resources.pool)
+    assert rows == [stored_row(r) for r in good]
+    assert (await store_batch(resources, values)).stored == 0
 
 
 async def test_retention_drops_whole_old_partitions_and_rollups(resources: Resources) -> None:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from errands.core import claims
@@ -13,6 +14,8 @@ from errands.monitors.results import (
     HISTOGRAM_SIZE,
     LATENCY_BOUNDS_MS,
     CheckResult,
+    InvalidCheckMessage,
+    decode_check,
     histogram_of,
     percentile_from_histogram,
 )
@@ -20,6 +23,7 @@ from errands.monitors.results import (
 __all__ = [
     "CHANNEL",
     "MonitorFields",
+    "StoredBatch",
     "Uptime",
     "create_monitor",
     "delete_monitor",
@@ -39,6 +43,7 @@ __all__ = [
 CHANNEL = "errands_monitors"
 
 Row = dict[str, Any]
+Connection = psycopg.AsyncConnection[Row]
 
 
 @dataclass(frozen=True)
@@ -221,18 +226,22 @@ def _day_start(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
+async def _create_partitions(conn: Connection, days: set[date]) -> None:
+    await conn.execute(PARTITION_LOCK)
+    for day in sorted(days):
+        await conn.execute(
+            sql.SQL(CREATE_PARTITION).format(
+                partition=sql.Identifier(partition_name(day)),
+                start=sql.Literal(_day_start(day)),
+                end=sql.Literal(_day_start(day + timedelta(days=1))),
+            )
+        )
+
+
 async def ensure_partitions(pool: Pool, days: set[date]) -> None:
     """Create the day partitions of `days` that do not exist yet."""
     async with pool.connection() as conn, conn.transaction():
-        await conn.execute(PARTITION_LOCK)
-        for day in sorted(days):
-            await conn.execute(
-                sql.SQL(CREATE_PARTITION).format(
-                    partition=sql.Identifier(partition_name(day)),
-                    start=sql.Literal(_day_start(day)),
-                    end=sql.Literal(_day_start(day + timedelta(days=1))),
-                )
-            )
+        await _create_partitions(conn, days)
 
 
 async def drop_expired(pool: Pool, cutoff: date) -> list[str]:
@@ -253,8 +262,18 @@ async def drop_expired(pool: Pool, cutoff: date) -> list[str]:
 
 
 # --- Check results: storing a batch -----------------------------------------------------------
+#
+# A batch goes through two staging tables that live as long as the connection and are emptied at
+# each commit: the raw messages are copied into `checks_messages` and cast into typed rows in
+# `checks_incoming` by PostgreSQL (fast: no per-message work in Python). If any message cannot be
+# cast (not JSON, a malformed id), that step is rolled back and the batch is decoded in Python
+# instead, leaving out the bad messages. The typed rows are then inserted and rolled up.
 
 CREATE_STAGING = """
+    CREATE TEMPORARY TABLE IF NOT EXISTS checks_messages (
+        message jsonb
+    ) ON COMMIT DELETE ROWS;
+
     CREATE TEMPORARY TABLE IF NOT EXISTS checks_incoming (
         monitor_id       uuid,
         check_id         uuid,
@@ -265,72 +284,94 @@ CREATE_STAGING = """
         tls_ms           real,
         first_byte_ms    real,
         status_code      smallint,
-        up               boolean,
         regex_matched    boolean,
         error_kind       text,
         error            text
     ) ON COMMIT DELETE ROWS
 """
 
-COPY_STAGING = """
+COPY_MESSAGES = "COPY checks_messages (message) FROM STDIN"
+
+# The same rules as results.decode_check; a message that breaks one is left out.
+CAST_MESSAGES = """
+    INSERT INTO checks_incoming (
+           monitor_id, check_id, checked_at, response_time_ms, dns_ms, connect_ms, tls_ms,
+           first_byte_ms, status_code, regex_matched, error_kind, error
+    )
+    SELECT *
+      FROM (SELECT (message ->> 'monitor_id')::uuid AS monitor_id,
+                   (message ->> 'check_id')::uuid AS check_id,
+                   (message ->> 'checked_at')::timestamptz AS checked_at,
+                   (message ->> 'response_time_ms')::real AS response_time_ms,
+                   (message ->> 'dns_ms')::real AS dns_ms,
+                   (message ->> 'connect_ms')::real AS connect_ms,
+                   (message ->> 'tls_ms')::real AS tls_ms,
+                   (message ->> 'first_byte_ms')::real AS first_byte_ms,
+                   (message ->> 'status_code')::smallint AS status_code,
+                   (message ->> 'regex_matched')::boolean AS regex_matched,
+                   message ->> 'error_kind' AS error_kind,
+                   message ->> 'error' AS error
+              FROM checks_messages
+             WHERE message ->> 'schema' = '1'
+               AND message ->> 'checked_at' ~ '(Z|[+-]\\d\\d(:?\\d\\d)?)$'
+           ) AS typed
+     WHERE monitor_id IS NOT NULL
+       AND check_id IS NOT NULL
+       AND (status_code IS NULL OR status_code BETWEEN 100 AND 999)
+       AND (error_kind IS NULL OR error_kind IN ('dns', 'connect', 'tls', 'timeout', 'other'))
+       AND coalesce(least(response_time_ms, dns_ms, connect_ms, tls_ms, first_byte_ms), 0) >= 0
+"""
+
+COPY_DECODED = """
     COPY checks_incoming (
            monitor_id, check_id, checked_at, response_time_ms, dns_ms, connect_ms, tls_ms,
-           first_byte_ms, status_code, up, regex_matched, error_kind, error
+           first_byte_ms, status_code, regex_matched, error_kind, error
     ) FROM STDIN
 """
 
+STAGED_DAYS = """
+    SELECT DISTINCT (checked_at AT TIME ZONE 'UTC')::date AS day
+      FROM checks_incoming
+     WHERE checked_at BETWEEN %(oldest)s AND %(newest)s
+"""
+
 # Only the rows this statement inserted feed the rollups, so a redelivered batch changes
-# neither table. Each rollup's histogram counts the inserted rows per latency bucket; an
-# existing rollup adds the new counts element by element.
-STORE_BATCH = """
+# neither table. `up` follows results.is_up. An existing rollup adds the new histogram counts
+# element by element.
+STORE_STAGED = """
     WITH inserted AS (
         INSERT INTO checks (
                monitor_id, check_id, checked_at, response_time_ms, dns_ms, connect_ms, tls_ms,
                first_byte_ms, status_code, up, regex_matched, error_kind, error
         )
         SELECT monitor_id, check_id, checked_at, response_time_ms, dns_ms, connect_ms, tls_ms,
-               first_byte_ms, status_code, up, regex_matched, error_kind, error
+               first_byte_ms, status_code,
+               coalesce(error_kind IS NULL AND status_code < 400 AND regex_matched IS NOT FALSE,
+                        false),
+               regex_matched, error_kind, error
           FROM checks_incoming
+         WHERE checked_at BETWEEN %(oldest)s AND %(newest)s
             ON CONFLICT DO NOTHING
      RETURNING monitor_id, checked_at, up, response_time_ms
-    ),
-    hours AS (
-        SELECT monitor_id,
-               date_trunc('hour', checked_at, 'UTC') AS hour,
-               count(*) AS checks,
-               count(*) FILTER (WHERE up) AS up,
-               count(response_time_ms) AS responses,
-               coalesce(sum(response_time_ms), 0) AS sum_ms,
-               min(response_time_ms) AS min_ms,
-               max(response_time_ms) AS max_ms
-          FROM inserted
-         GROUP BY 1, 2
-    ),
-    buckets AS (
-        SELECT monitor_id,
-               date_trunc('hour', checked_at, 'UTC') AS hour,
-               width_bucket(response_time_ms::float8, %(bounds)s::float8[]) AS bucket,
-               count(*) AS n
-          FROM inserted
-         WHERE response_time_ms IS NOT NULL
-         GROUP BY 1, 2, 3
     ),
     rolled_up AS (
         INSERT INTO check_rollups AS r (
             monitor_id, hour, checks, up, responses, sum_ms, min_ms, max_ms, latency_histogram
         )
-        SELECT hours.monitor_id, hours.hour, hours.checks, hours.up, hours.responses,
-               hours.sum_ms, hours.min_ms, hours.max_ms,
-               ARRAY(
-                   SELECT coalesce(buckets.n, 0)::integer
-                     FROM generate_series(0, %(last_bucket)s) AS slot(bucket)
-                     LEFT JOIN buckets
-                       ON buckets.monitor_id = hours.monitor_id
-                      AND buckets.hour = hours.hour
-                      AND buckets.bucket = slot.bucket
-                    ORDER BY slot.bucket
+        SELECT monitor_id,
+               date_trunc('hour', checked_at, 'UTC'),
+               count(*),
+               count(*) FILTER (WHERE up),
+               count(response_time_ms),
+               coalesce(sum(response_time_ms), 0),
+               min(response_time_ms),
+               max(response_time_ms),
+               latency_histogram(
+                   width_bucket(response_time_ms::float8, %(bounds)s::float8[]),
+                   %(histogram_size)s
                )
-          FROM hours
+          FROM inserted
+         GROUP BY 1, 2
             ON CONFLICT (monitor_id, hour) DO UPDATE
            SET checks = r.checks + excluded.checks,
                up = r.up + excluded.up,
@@ -344,14 +385,24 @@ STORE_BATCH = """
                           WITH ORDINALITY AS pair(old, new, position)
                     ORDER BY position
                )
-     RETURNING 1
     )
-    SELECT (SELECT count(*) FROM inserted) AS inserted,
-           (SELECT count(*) FROM rolled_up) AS hours
+    SELECT (SELECT count(*)
+              FROM checks_incoming
+             WHERE checked_at BETWEEN %(oldest)s AND %(newest)s) AS accepted,
+           (SELECT count(*) FROM inserted) AS inserted
 """
 
+# COPY's text format gives these bytes a meaning; JSON text never needs them unescaped.
+_COPY_ESCAPES = ((b"\\", b"\\\\"), (b"\n", b"\\n"), (b"\r", b"\\r"), (b"\t", b"\\t"))
 
-def _staged(result: CheckResult) -> tuple[Any, ...]:
+
+def _copy_line(value: bytes) -> bytes:
+    for raw, escaped in _COPY_ESCAPES:
+        value = value.replace(raw, escaped)
+    return value + b"\n"
+
+
+def _decoded_row(result: CheckResult) -> tuple[Any, ...]:
     return (
         result.monitor_id,
         result.check_id,
@@ -362,7 +413,6 @@ def _staged(result: CheckResult) -> tuple[Any, ...]:
         result.tls_ms,
         result.first_byte_ms,
         result.status_code,
-        result.up,
         result.regex_matched,
         result.error_kind,
         # PostgreSQL text cannot hold NUL; an error message never needs it.
@@ -370,20 +420,65 @@ def _staged(result: CheckResult) -> tuple[Any, ...]:
     )
 
 
-async def save_checks(pool: Pool, results: list[CheckResult]) -> int:
-    """Store a batch and its rollups in one transaction; return how many rows were new.
+async def _stage(conn: Connection, values: list[bytes]) -> None:
+    try:
+        async with conn.transaction():
+            async with conn.cursor().copy(COPY_MESSAGES) as copy:
+                await copy.write(b"".join(_copy_line(value) for value in values))
+            await conn.execute(CAST_MESSAGES)
+        return
+    except psycopg.DataError:
+        pass  # some message is not even castable: decode one by one below
+    async with conn.cursor().copy(COPY_DECODED) as copy:
+        for value in values:
+            try:
+                result = decode_check(value)
+            except InvalidCheckMessage:
+                continue
+            await copy.write_row(_decoded_row(result))
 
-    The day partitions must exist (see `ensure_partitions`)."""
-    async with pool.connection() as conn, conn.transaction():
-        await conn.execute(CREATE_STAGING)
-        async with conn.cursor().copy(COPY_STAGING) as copy:
-            for result in results:
-                await copy.write_row(_staged(result))
-        cursor = await conn.execute(
-            STORE_BATCH, {"bounds": list(LATENCY_BOUNDS_MS), "last_bucket": HISTOGRAM_SIZE - 1}
-        )
-        row = await cursor.fetchone()
-    return int(row["inserted"]) if row else 0
+
+@dataclass(frozen=True)
+class StoredBatch:
+    stored: int  # new rows; a redelivered message is not counted again
+    skipped: int  # messages left out: malformed, or dated outside [oldest, newest]
+
+
+async def save_checks(
+    pool: Pool,
+    values: list[bytes],
+    *,
+    oldest: datetime,
+    newest: datetime,
+    known_days: set[date],
+) -> StoredBatch:
+    """Store a batch of check messages and their rollups in one transaction.
+
+    Messages dated outside [oldest, newest] are left out. Day partitions missing from
+    `known_days` are created in the same transaction, and `known_days` is updated after it
+    commits."""
+    async with pool.connection() as conn:
+        async with conn.transaction():
+            await conn.execute(CREATE_STAGING)
+            await _stage(conn, values)
+            cursor = await conn.execute(STAGED_DAYS, {"oldest": oldest, "newest": newest})
+            days = {row["day"] for row in await cursor.fetchall()}
+            if days - known_days:
+                await _create_partitions(conn, days - known_days)
+            cursor = await conn.execute(
+                STORE_STAGED,
+                {
+                    "oldest": oldest,
+                    "newest": newest,
+                    "bounds": list(LATENCY_BOUNDS_MS),
+                    "histogram_size": HISTOGRAM_SIZE,
+                },
+            )
+            row = await cursor.fetchone()
+        known_days |= days
+    assert row is not None  # a SELECT without FROM returns one row
+    inserted = int(row["inserted"])
+    return StoredBatch(stored=inserted, skipped=len(values) - int(row["accepted"]))
 
 
 # --- Queries ------------------------------------------------------------------------------------

@@ -53,3 +53,24 @@ CREATE TABLE check_rollups (
 );
 
 CREATE INDEX check_rollups_hour ON check_rollups (hour);
+
+-- Counts latency buckets into a histogram of `size` buckets (bucket numbers from width_bucket,
+-- 0 to size - 1), so a rollup's histogram is one aggregate in the sink's GROUP BY.
+CREATE FUNCTION latency_histogram_add(histogram integer[], bucket integer, size integer)
+RETURNS integer[]
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF histogram IS NULL THEN
+        histogram := array_fill(0, ARRAY[size]);
+    END IF;
+    IF bucket IS NOT NULL THEN
+        histogram[bucket + 1] := histogram[bucket + 1] + 1;
+    END IF;
+    RETURN histogram;
+END
+$$;
+
+CREATE AGGREGATE latency_histogram(integer, integer) (
+    SFUNC = latency_histogram_add,
+    STYPE = integer[]
+);
