@@ -6,7 +6,14 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-__all__ = ["RouteTotals", "add_minutes", "fold_old_minutes", "read_totals", "started_at"]
+__all__ = [
+    "MinuteTotals",
+    "RouteTotals",
+    "add_minutes",
+    "fold_old_minutes",
+    "read_totals",
+    "started_at",
+]
 
 Connection = AsyncConnection[dict[str, Any]]
 

@@ -7,7 +7,13 @@ import codecs
 import html
 import re
 
-__all__ = ["TitleReader", "charset_from_content_type", "collapse_whitespace", "sniff_charset"]
+__all__ = [
+    "TitleReader",
+    "browser_encoding",
+    "charset_from_content_type",
+    "collapse_whitespace",
+    "sniff_charset",
+]
 
 # Browsers look for <meta charset> in the first 1024 bytes only (the HTML "prescan").
 PRESCAN_BYTES = 1024
@@ -232,15 +238,9 @@ class TitleReader:
     def __init__(self, content_type: str | None = None) -> None:
         self._header_encoding = charset_from_content_type(content_type)
         self._head = bytearray()  # bytes held until the encoding is known
-        self._encoding: str | None = None
         self._tentative_utf8 = False
         self._decoder: codecs.IncrementalDecoder | None = None
         self._scanner = _TitleScanner()
-
-    @property
-    def encoding(self) -> str | None:
-        """The encoding chosen, once enough bytes have been seen."""
-        return self._encoding
 
     @property
     def done(self) -> bool:
@@ -302,7 +302,6 @@ class TitleReader:
         return True
 
     def _start(self, encoding: str, *, skip: int = 0) -> None:
-        self._encoding = encoding
         # Undecodable bytes become U+FFFD, as in a browser; only tentative UTF-8 is strict.
         errors = "strict" if self._tentative_utf8 else "replace"
         self._decoder = codecs.getincrementaldecoder(encoding)(errors=errors)
