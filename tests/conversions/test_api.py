@@ -132,6 +132,12 @@ async def test_filenames_are_kept_only_as_clean_metadata(api: httpx.AsyncClient)
     assert "etc" not in upload["files"][0]["original_path"]
 
 
+async def test_a_files_part_without_a_filename_is_still_a_file(api: httpx.AsyncClient) -> None:
+    response = await api.post("/uploads", files={"files": (None, samples.png(8, 8))})
+    upload = (await api.get(f"/uploads/{response.json()['id']}")).json()
+    assert [(file["filename"], file["type"]) for file in upload["files"]] == [("file", "png")]
+
+
 async def test_a_file_of_another_type_is_refused_and_nothing_is_kept(
     api: httpx.AsyncClient, settings: Settings, database_url: str
 ) -> None:

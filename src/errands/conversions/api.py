@@ -247,14 +247,15 @@ class _UploadReader:
     def _start_part(self, disposition: bytes) -> _IncomingFile:
         _, params = parse_options_header(disposition)
         name = params.get(b"name", b"").decode("utf-8", "replace")
-        filename = params.get(b"filename")
-        if name != FILES_FIELD or filename is None:
+        if name != FILES_FIELD:
             raise ErrandsError(
-                f"unexpected form field {name!r}: send each file as a {FILES_FIELD!r} file field"
+                f"unexpected form field {name!r}: send each file as a {FILES_FIELD!r} field"
             )
         if len(self.stored) >= self.max_files:
             raise PayloadTooLarge(f"too many files: at most {self.max_files} per upload")
-        return _IncomingFile(self.upload_id, clean_filename(filename.decode("utf-8", "replace")))
+        # A part without a plain filename (none, or only RFC 5987's filename*) is still a file.
+        filename = params.get(b"filename", b"").decode("utf-8", "replace")
+        return _IncomingFile(self.upload_id, clean_filename(filename))
 
     async def discard(self) -> None:
         """Remove everything this request stored: the upload is refused as a whole."""
