@@ -167,7 +167,6 @@ def postgres(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    sys.path.insert(0, str(ROOT / "src"))
     from errands.core.db import start_embedded_postgres
 
     with tempfile.TemporaryDirectory(prefix="errands-bench-") as data_dir:

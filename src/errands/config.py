@@ -64,12 +64,12 @@ class Settings(BaseSettings):
     timer_max_total_s: int = Field(default=365 * 24 * 3600, ge=1)
     timer_webhook_secret: str | None = None  # set: each webhook carries an Errands-Signature
     timer_webhook_timeout_s: float = Field(default=10.0, gt=0)
-    timer_max_attempts: int = Field(default=10, ge=1)
+    timer_max_attempts: int = Field(default=12, ge=1)
     timer_retry_base_s: float = Field(default=1.0, gt=0)
     timer_retry_max_s: float = Field(default=3600.0, gt=0)
     timer_lease_s: float = Field(default=30.0, gt=0)
-    timer_batch_size: int = Field(default=500, ge=1)
-    timer_max_in_flight: int = Field(default=1000, ge=1)
+    timer_batch_size: int = Field(default=256, ge=1)
+    timer_max_in_flight: int = Field(default=512, ge=1)
     timer_poll_interval_s: float = Field(default=1.0, gt=0)
 
     # Operations: API keys, request limits, rollout, metrics of processes without the API
