@@ -232,3 +232,16 @@ async def test_stopping_mid_conversion_puts_the_file_back_for_the_next_worker(
         upload = await wait_until_finished(app.client, upload_id)
     [file] = upload["files"]
     assert (file["status"], file["attempts"], len(file["images"])) == ("done", 1, 60)
+
+
+async def test_a_conversion_over_the_time_limit_is_killed_and_fails_after_its_retry(
+    settings: Settings,
+) -> None:
+    hurried = settings.model_copy(update={"conversion_timeout_s": 0.3})
+    async with serve_app(hurried, loops=["conversions"]) as app:
+        upload_id = await post_upload(app.client, ("pages.pdf", samples.pdf([(612, 792)] * 200)))
+        upload = await wait_until_finished(app.client, upload_id)
+    [file] = upload["files"]
+    assert (file["status"], file["attempts"], file["images"]) == ("failed", 2, [])
+    assert file["error"] == "conversion took longer than 0.3 s; gave up after 2 attempts"
+    assert conversion_children() == set()
