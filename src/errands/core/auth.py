@@ -104,7 +104,8 @@ async def create_key(conn: Connection, name: str, scopes: Iterable[str]) -> tupl
     wanted = sorted(set(scopes))
     unknown = sorted(set(wanted) - set(SCOPES))
     if unknown or not wanted:
-        raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {', '.join(unknown)}")
+        got = ", ".join(unknown) or "none"
+        raise ValueError(f"scopes must be some of {', '.join(SCOPES)}; got {got}")
     if not 1 <= len(name) <= 100:
         raise ValueError("the name must have 1 to 100 characters")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
