@@ -245,3 +245,23 @@ async def test_a_conversion_over_the_time_limit_is_killed_and_fails_after_its_re
     assert (file["status"], file["attempts"], file["images"]) == ("failed", 2, [])
     assert file["error"] == "conversion took longer than 0.3 s; gave up after 2 attempts"
     assert conversion_children() == set()
+
+
+async def test_a_file_whose_workers_died_twice_is_not_tried_a_third_time(
+    settings: Settings, database_url: str
+) -> None:
+    async with serve_app(settings) as app:
+        upload_id = await post_upload(app.client, ("pages.pdf", samples.pdf([(612, 792)])))
+    # As two workers leave it: both attempts counted, the last lease run out.
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE upload_files SET status = 'processing', attempts = 2,"
+            " lease_owner = 'gone:1:x', lease_until = now() - interval '1 second'"
+        )
+    async with serve_app(settings, loops=["conversions"]) as app:
+        upload = await wait_until_finished(app.client, upload_id)
+    [file] = upload["files"]
+    assert (file["status"], file["error"]) == (
+        "failed",
+        "conversion did not finish after 2 attempts",
+    )
