@@ -32,7 +32,7 @@ __all__ = [
     "get_monitor",
     "list_monitors",
     "recent_checks",
-    "reschedule",
+    "reschedule_checked",
     "save_checks",
     "sync_monitor",
     "update_monitor",
@@ -107,19 +107,21 @@ DELETE_MONITOR = """
 
 # The next slot is the first of due_at + k * interval (k >= 1) that is not in the past, so a
 # checker that fell behind skips the slots it missed instead of checking in a burst. The guard on
-# lease_owner and due_at means only the checker that claimed this slot moves it on.
-RESCHEDULE = """
+# lease_owner and due_at means only the checker that claimed a slot moves it on.
+RESCHEDULE_CHECKED = """
     UPDATE monitors
-       SET due_at = due_at + make_interval(
-               secs => interval_s * greatest(
-                   1, ceil(extract(epoch FROM now() - due_at) / interval_s)
+       SET due_at = monitors.due_at + make_interval(
+               secs => monitors.interval_s * greatest(
+                   1, ceil(extract(epoch FROM now() - monitors.due_at) / monitors.interval_s)
                )
            ),
            lease_owner = NULL,
            lease_until = NULL
-     WHERE id = %(id)s
-       AND lease_owner = %(owner)s
-       AND due_at = %(due_at)s
+      FROM unnest(%(ids)s::uuid[], %(due_ats)s::timestamptz[]) AS checked(id, due_at)
+     WHERE monitors.id = checked.id
+       AND monitors.due_at = checked.due_at
+       AND monitors.lease_owner = %(owner)s
+ RETURNING monitors.id
 """
 
 
@@ -179,13 +181,21 @@ async def sync_monitor(pool: Pool, fields: MonitorFields) -> str:
     return outcome
 
 
-async def reschedule(pool: Pool, monitor_id: uuid.UUID, due_at: datetime, owner: str) -> bool:
-    """Move a checked monitor to its next slot; False when this checker no longer holds it."""
+async def reschedule_checked(
+    pool: Pool, checked: list[tuple[uuid.UUID, datetime]], owner: str
+) -> set[uuid.UUID]:
+    """Move checked monitors (id, the slot checked) to their next slot; return the ids moved.
+    A monitor changed or re-leased meanwhile is not moved by this checker."""
     async with pool.connection() as conn:
         cursor = await conn.execute(
-            RESCHEDULE, {"id": monitor_id, "owner": owner, "due_at": due_at}
+            RESCHEDULE_CHECKED,
+            {
+                "ids": [monitor_id for monitor_id, _ in checked],
+                "due_ats": [due_at for _, due_at in checked],
+                "owner": owner,
+            },
         )
-        return cursor.rowcount == 1
+        return {row["id"] for row in await cursor.fetchall()}
 
 
 # --- Check results: day partitions -------------------------------------------------------------
