@@ -124,12 +124,17 @@ async def _run_until_signal(settings: Settings, loops: Sequence[str]) -> None:
 @app.command()
 def worker(
     only: Annotated[
-        str | None, typer.Option(help="Comma-separated loops to run (default: all but the sink).")
+        str | None,
+        typer.Option(
+            help="Comma-separated loops to run (default: all; the sink too without Kafka)."
+        ),
     ] = None,
 ) -> None:
     """Background loops without the HTTP API."""
     settings = _settings()
-    allowed = [name for name in LOOPS if name != "sink"]
+    # Without Kafka, check results reach the sink only inside this process: it runs here too.
+    kafka = settings.kafka_bootstrap_servers is not None
+    allowed = [name for name in LOOPS if name != "sink" or not kafka]
     asyncio.run(_run_until_signal(settings, _parse_loops(only, allowed)))
 
 

@@ -3,7 +3,9 @@ mid-batch that loses and duplicates nothing."""
 
 import asyncio
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import uuid
@@ -13,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from errands.config import Settings
-from errands.core.bus import KafkaBus, open_bus
+from errands.core.bus import KafkaBus, kafka_options, open_bus
 from errands.monitors.results import CheckResult, encode_check
 from tests.fixtures.app import serve_app
 from tests.fixtures.targets import TargetServer
@@ -199,3 +202,102 @@ async def test_a_sink_killed_mid_batch_loses_and_duplicates_nothing(
     expected_up = sum(1 for check in checks if check.up)
     assert await scalar(url, "SELECT sum(up) FROM check_rollups") == expected_up
     assert await scalar(url, "SELECT sum(responses) FROM check_rollups") == total
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A CA and a client certificate signed by it, as a managed Kafka service hands them out."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make test certificates")
+    files = {name: directory / name for name in ("ca.pem", "ca.key", "client.pem", "client.key")}
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        str(files["ca.key"]),
+        "-out",
+        str(files["ca.pem"]),
+    )
+    csr = directory / "client.csr"
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=errands",
+        "-keyout",
+        str(files["client.key"]),
+        "-out",
+        str(csr),
+    )
+    run(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(files["ca.pem"]),
+        "-CAkey",
+        str(files["ca.key"]),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-out",
+        str(files["client.pem"]),
+    )
+    return files
+
+
+def test_managed_kafka_settings_give_tls_with_a_client_certificate_and_sasl(
+    tmp_path: Path,
+) -> None:
+    files = make_certificates(tmp_path)
+    settings = Settings(
+        kafka_bootstrap_servers="kafka.example.com:12345",
+        kafka_security_protocol="SASL_SSL",
+        kafka_ssl_cafile=files["ca.pem"],
+        kafka_ssl_certfile=files["client.pem"],
+        kafka_ssl_keyfile=files["client.key"],
+        kafka_sasl_mechanism="SCRAM-SHA-256",
+        kafka_sasl_username="avnadmin",
+        kafka_sasl_password="secret",
+    )
+    options = kafka_options(settings)
+    context = options["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname is True
+    assert [cert["subject"] for cert in context.get_ca_certs()] == [((("commonName", "test-ca"),),)]
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-256"
+    assert (options["sasl_plain_username"], options["sasl_plain_password"]) == (
+        "avnadmin",
+        "secret",
+    )
+
+    plain = kafka_options(Settings(kafka_bootstrap_servers="localhost:9092"))
+    assert plain == {"security_protocol": "PLAINTEXT"}
+
+
+def test_a_client_key_that_does_not_match_is_refused(tmp_path: Path) -> None:
+    files = make_certificates(tmp_path)
+    settings = Settings(
+        kafka_security_protocol="SSL",
+        kafka_ssl_cafile=files["ca.pem"],
+        kafka_ssl_certfile=files["client.pem"],
+        kafka_ssl_keyfile=files["ca.key"],
+    )
+    with pytest.raises(ssl.SSLError):
+        kafka_options(settings)

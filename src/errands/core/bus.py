@@ -20,12 +20,14 @@ from aiokafka.helpers import create_ssl_context
 
 from errands.config import Settings
 
-__all__ = ["Batch", "Bus", "KafkaBus", "MemoryBus", "Message", "open_bus"]
+__all__ = ["Batch", "Bus", "KafkaBus", "MemoryBus", "Message", "kafka_options", "open_bus"]
 
 log = structlog.get_logger(__name__)
 
 # Without Kafka, a full queue makes the publisher wait rather than grow memory without bound.
 MEMORY_BUS_CAPACITY = 100_000
+# A topic this process creates is replicated to this many brokers, or all if there are fewer.
+MAX_REPLICATION_FACTOR = 3
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class MemoryBus:
             yield Batch(messages, lag={0: self._queue.qsize()})
 
 
-def _security(settings: Settings) -> dict[str, Any]:
+def kafka_options(settings: Settings) -> dict[str, Any]:
     """Connection options for a managed Kafka: TLS with a CA and a client certificate, and SASL
     when a mechanism is set."""
     options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
@@ -126,14 +128,17 @@ class KafkaBus:
         created by its operator instead, which is fine."""
         if self._topic_ready:
             return
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._servers, **_security(self._settings))
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._servers, **kafka_options(self._settings)
+        )
         await admin.start()
         try:
             if self._topic not in await admin.list_topics():
+                cluster = await admin.describe_cluster()
                 topic = NewTopic(
                     self._topic,
                     num_partitions=self._settings.kafka_topic_partitions,
-                    replication_factor=1,
+                    replication_factor=min(MAX_REPLICATION_FACTOR, len(cluster["brokers"])),
                 )
                 with suppress(TopicAlreadyExistsError):
                     await admin.create_topics([topic])
@@ -152,7 +157,7 @@ class KafkaBus:
                     acks="all",
                     enable_idempotence=self._settings.kafka_enable_idempotence,
                     linger_ms=5,
-                    **_security(self._settings),
+                    **kafka_options(self._settings),
                 )
                 await producer.start()
                 self._producer = producer
@@ -177,7 +182,7 @@ class KafkaBus:
             # A dead sink's partitions move to the others after this long without heartbeats.
             session_timeout_ms=self._settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=self._settings.kafka_session_timeout_ms // 3,
-            **_security(self._settings),
+            **kafka_options(self._settings),
         )
         await consumer.start()
         try:
