@@ -21,10 +21,10 @@ async def create(api: httpx.AsyncClient, **fields: object) -> dict[str, object]:
 async def test_a_monitor_is_created_listed_read_changed_and_deleted(
     api: httpx.AsyncClient,
 ) -> None:
-    monitor = await create(api, url="https://example.com/", regex="Example", method="HEAD")
+    monitor = await create(api, url="https://example.com/", regex="Example")
     assert monitor["interval_s"] == 60
     assert monitor["timeout_s"] == 10.0
-    assert monitor["method"] == "HEAD"
+    assert monitor["method"] == "GET"
     assert monitor["regex"] == "Example"
     assert monitor["next_check_at"] is not None
 
@@ -32,10 +32,13 @@ async def test_a_monitor_is_created_listed_read_changed_and_deleted(
     assert [item["id"] for item in listed] == [monitor["id"]]
     assert (await api.get(f"/monitors/{monitor['id']}")).json() == monitor
 
-    patched = await api.patch(f"/monitors/{monitor['id']}", json={"interval_s": 30, "regex": None})
+    patched = await api.patch(
+        f"/monitors/{monitor['id']}", json={"interval_s": 30, "regex": None, "method": "HEAD"}
+    )
     assert patched.status_code == 200, patched.text
     assert patched.json()["interval_s"] == 30
     assert patched.json()["regex"] is None
+    assert patched.json()["method"] == "HEAD"
     assert patched.json()["url"] == "https://example.com/"
 
     assert (await api.delete(f"/monitors/{monitor['id']}")).status_code == 204
@@ -52,6 +55,10 @@ async def test_a_monitor_is_created_listed_read_changed_and_deleted(
         ({"url": "ftp://example.com/", "interval_s": 60}, "invalid url"),
         ({"url": "not a url", "interval_s": 60}, "invalid url"),
         ({"url": "https://example.com/", "interval_s": 60, "method": "POST"}, "GET"),
+        (
+            {"url": "https://example.com/", "interval_s": 60, "method": "HEAD", "regex": "x"},
+            "a regex needs method GET",
+        ),
         ({"url": "https://example.com/", "interval_s": 10, "timeout_s": 20}, "timeout_s"),
         ({"url": "https://example.com/", "interval_s": 60, "timeout_s": 0}, "greater than 0"),
         ({"interval_s": 60}, "url"),

@@ -130,6 +130,8 @@ def validated_fields(
         http.check_url(url)
     except BlockedTarget as error:
         raise Unprocessable(f"invalid url: {error}") from None
+    if regex is not None and method == "HEAD":
+        raise Unprocessable("a regex needs method GET: a HEAD response has no body to search")
     if timeout_s > interval_s:
         raise Unprocessable(f"timeout_s ({timeout_s}) must not exceed interval_s ({interval_s})")
     return store.MonitorFields(
