@@ -90,10 +90,13 @@ async def test_expired_timer_has_no_time_left(api: httpx.AsyncClient, pool: Pool
         ({"seconds": -1, "url": HOOK}, "greater than or equal to 0"),
         ({"seconds": 10}, "url"),
         ({"seconds": 10, "url": "ftp://example.com/x"}, "http"),
-        ({"seconds": 10, "url": "not a url"}, "http"),
+        ({"seconds": 10, "url": "not-a-url"}, "http"),
         ({"seconds": 10, "url": "https://"}, "host"),
         ({"seconds": 10, "url": "https://example.com/" + "a" * 2048}, "2048"),
         ({"seconds": 10, "url": 42}, "string"),
+        ({"url": "https://example.com/\u0000"}, "control characters"),
+        ({"url": "https://example.com/a b"}, "spaces"),
+        ({"url": "https://example.com\\@evil.test/"}, "backslashes"),
         ({"hours": 365 * 24, "seconds": 1, "url": HOOK}, "longest allowed is 31536000 seconds"),
         ({"hours": 10**30, "url": HOOK}, "longest allowed"),
     ],
@@ -201,3 +204,23 @@ async def test_concurrent_creations_each_get_their_own_committed_timer(
         assert response.json()["time_left"] == n
         assert stored[response.json()["id"]] == (f"{HOOK}/{n}", n)
     assert len(stored) == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        (b"1e400", "inf"),
+        (b'{"hours": 1e400, "url": "https://example.com"}', "inf"),
+        (b'{"url": Infinity}', "inf"),
+        # JSON may escape half a surrogate pair, which no database text column can hold.
+        (b'{"url": "https://example.com/\\ud800"}', "backslashes"),
+        (b'{"\\ud800": 1}', "url"),
+    ],
+)
+async def test_json_python_cannot_echo_or_store_is_a_422_not_a_500(
+    api: httpx.AsyncClient, pool: Pool, body: bytes, complaint: str
+) -> None:
+    response = await api.post("/timer", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert complaint in response.text
+    assert await timer_rows(pool) == 0

@@ -1,12 +1,13 @@
 """Webhook timers: `POST /timer` sets one, `GET /timer/{id}` reads it, `DELETE` cancels it."""
 
+import math
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from errands.core.errors import Conflict, NotFound, Unprocessable
 from errands.core.http import BlockedTarget
@@ -31,9 +32,18 @@ class TimerRequest(BaseModel):
     seconds: DurationPart = 0
     url: Annotated[str, Field(strict=True, max_length=MAX_URL_CHARS)]
 
+    @model_validator(mode="before")
+    @classmethod
+    def echoable(cls, data: Any) -> Any:
+        return _echoable(data)
+
     @field_validator("url")
     @classmethod
     def url_is_http(cls, url: str) -> str:
+        # Control characters (NUL above all, which PostgreSQL cannot store) and lone surrogates
+        # are not printable.
+        if not url.isprintable() or " " in url or "\\" in url:
+            raise ValueError("url must not contain spaces, backslashes or control characters")
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("url must be an http:// or https:// URL with a host")
@@ -42,6 +52,25 @@ class TimerRequest(BaseModel):
     @property
     def total_seconds(self) -> int:
         return self.hours * 3600 + self.minutes * 60 + self.seconds
+
+
+def _echoable(value: Any) -> Any:
+    """The body as a 422 can echo it: JSON numbers too large for a float (1e400, Infinity) and
+    text holding half a surrogate pair cannot be written back as JSON, so they become text that
+    fails validation like any other bad value (a URL may not hold a backslash)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode(errors="backslashreplace").decode()
+        return value
+    if isinstance(value, list):
+        return [_echoable(item) for item in value]
+    if isinstance(value, dict):
+        return {_echoable(key): _echoable(item) for key, item in value.items()}
+    return value
 
 
 class TimerCreated(BaseModel):
