@@ -47,6 +47,7 @@ class TimerRequest(BaseModel):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("url must be an http:// or https:// URL with a host")
+        _ = parts.port  # raises ValueError, naming the problem, for a port out of range
         return url
 
     @property
