@@ -1,5 +1,6 @@
 """The firer in-process against a real receiver: on time, signed, retried, refused."""
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -8,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from errands.config import Settings
 from errands.core.db import Pool
@@ -180,3 +182,30 @@ async def test_a_timer_due_before_the_next_poll_wakes_the_firer(
         await receiver.wait_for_ids(2, timeout_s=5)
 
     assert receiver.deliveries[1].received_at - asked_at < 1.0
+
+
+async def test_firing_is_visible_in_the_metrics(
+    settings: Settings, receiver: Receiver, pool: Pool
+) -> None:
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO timers (url, fire_at, due_at)"
+            " SELECT 'https://example.com', now() + interval '1 hour', now() + interval '1 hour'"
+            " FROM generate_series(1, 3)"
+        )
+    fired_before = REGISTRY.get_sample_value("errands_timers_fired_total", {"outcome": "fired"})
+    observed_before = REGISTRY.get_sample_value("errands_timer_lateness_seconds_count")
+
+    async with serve_app(settings, loops=["timers"]) as running:
+        deadline = time.monotonic() + 10
+        # Counted as the firer starts, then every few seconds.
+        while "errands_timers_pending 3.0" not in (await running.client.get("/metrics")).text:
+            assert time.monotonic() < deadline, "errands_timers_pending never showed 3"
+            await asyncio.sleep(0.05)
+        await running.client.post("/timer", json={"url": receiver.url})
+        await receiver.wait_for_ids(1, timeout_s=10)
+
+    fired = REGISTRY.get_sample_value("errands_timers_fired_total", {"outcome": "fired"})
+    assert (fired or 0) - (fired_before or 0) == 1
+    observed = REGISTRY.get_sample_value("errands_timer_lateness_seconds_count")
+    assert (observed or 0) - (observed_before or 0) == 1
