@@ -145,7 +145,9 @@ class TimerCreator:
         `wake_firers` sends a NOTIFY with the batch, for timers due before the firers' next
         poll; other batches go without, since NOTIFY serialises commits.
         """
-        timer = _NewTimer(uuid.uuid4(), url, delay_s, wake_firers, asyncio.Future())
+        timer = _NewTimer(
+            uuid.uuid4(), url, delay_s, wake_firers, asyncio.get_running_loop().create_future()
+        )
         self._waiting.append(timer)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_waiting(), name="timers:create")
