@@ -108,8 +108,8 @@ async def create_timer(request: TimerRequest, resources: ResourcesDep) -> dict[s
         resources.http.check_url(request.url)
     except BlockedTarget as error:
         raise Unprocessable(f"url is not allowed: {error}") from None
-    timer_id = await store.timer_creator(resources.pool).create(
-        request.url, total_s, wake_firers=total_s <= settings.timer_poll_interval_s
+    timer_id = await store.create_timer(
+        resources.pool, request.url, total_s, wake_firers=total_s <= settings.timer_poll_interval_s
     )
     return {"id": timer_id, "time_left": total_s}
 

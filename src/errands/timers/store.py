@@ -13,14 +13,13 @@ from errands.core.db import Pool
 __all__ = [
     "CHANNEL",
     "FiredTimer",
-    "TimerCreator",
     "cancel_timer",
     "count_pending",
+    "create_timer",
     "get_timer",
     "mark_failed",
     "mark_fired",
     "schedule_retry",
-    "timer_creator",
 ]
 
 # Firers LISTEN here; creating a timer due sooner than their poll interval wakes them.
@@ -129,36 +128,28 @@ class _NewTimer:
     created: "asyncio.Future[None]"
 
 
-class TimerCreator:
+class _TimerCreator:
     """Group commit for new timers: timers asked for while one INSERT runs go into the next, so
-    the database sees one statement per batch however many requests arrive at once. Each caller
-    still gets its id only after the row holding it is committed."""
+    the database sees one statement per batch however many requests arrive at once."""
 
-    def __init__(self, pool: Pool) -> None:
-        self._pool = pool
+    def __init__(self) -> None:
         self._waiting: list[_NewTimer] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def create(self, url: str, delay_s: int, *, wake_firers: bool) -> uuid.UUID:
-        """Insert a pending timer and return its id once committed.
-
-        `wake_firers` sends a NOTIFY with the batch, for timers due before the firers' next
-        poll; other batches go without, since NOTIFY serialises commits.
-        """
-        timer = _NewTimer(
-            uuid.uuid4(), url, delay_s, wake_firers, asyncio.get_running_loop().create_future()
-        )
+    async def create(self, pool: Pool, url: str, delay_s: int, wake_firers: bool) -> uuid.UUID:
+        created = asyncio.get_running_loop().create_future()
+        timer = _NewTimer(uuid.uuid4(), url, delay_s, wake_firers, created)
         self._waiting.append(timer)
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_waiting(), name="timers:create")
-        await timer.created
+            self._writer = asyncio.create_task(self._write_waiting(pool), name="timers:create")
+        await created
         return timer.id
 
-    async def _write_waiting(self) -> None:
+    async def _write_waiting(self, pool: Pool) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
             try:
-                await self._insert(batch)
+                await _insert_timers(pool, batch)
             except Exception as error:
                 # Each caller raises it; none of the batch was committed.
                 for timer in batch:
@@ -169,27 +160,33 @@ class TimerCreator:
                 if not timer.created.done():
                     timer.created.set_result(None)
 
-    async def _insert(self, batch: list[_NewTimer]) -> None:
-        params = {
-            "ids": [timer.id for timer in batch],
-            "urls": [timer.url for timer in batch],
-            "delays_s": [timer.delay_s for timer in batch],
-        }
-        async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(CREATE_TIMERS, params)
-            if any(timer.wake_firers for timer in batch):
-                await claims.notify(conn, CHANNEL)
+
+async def _insert_timers(pool: Pool, batch: list[_NewTimer]) -> None:
+    params = {
+        "ids": [timer.id for timer in batch],
+        "urls": [timer.url for timer in batch],
+        "delays_s": [timer.delay_s for timer in batch],
+    }
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(CREATE_TIMERS, params)
+        if any(timer.wake_firers for timer in batch):
+            await claims.notify(conn, CHANNEL)
 
 
-_creators: "weakref.WeakKeyDictionary[Pool, TimerCreator]" = weakref.WeakKeyDictionary()
+# One creator per pool, so all of a process's requests share its batches.
+_creators: "weakref.WeakKeyDictionary[Pool, _TimerCreator]" = weakref.WeakKeyDictionary()
 
 
-def timer_creator(pool: Pool) -> TimerCreator:
-    """The one creator per pool, so all of a process's requests share its batches."""
+async def create_timer(pool: Pool, url: str, delay_s: int, *, wake_firers: bool) -> uuid.UUID:
+    """Insert a pending timer and return its id once the row is committed.
+
+    `wake_firers` sends a NOTIFY with the batch, for timers due before the firers' next poll;
+    other batches go without, since NOTIFY serialises commits.
+    """
     creator = _creators.get(pool)
     if creator is None:
-        creator = _creators[pool] = TimerCreator(pool)
-    return creator
+        creator = _creators[pool] = _TimerCreator()
+    return await creator.create(pool, url, delay_s, wake_firers)
 
 
 async def get_timer(pool: Pool, timer_id: uuid.UUID) -> dict[str, Any] | None:
