@@ -163,6 +163,31 @@ async def test_a_body_that_is_not_utf8_gets_a_4xx_on_every_json_route(
         assert response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("body", "complaint"),
+    [
+        (b'{"url": "http://example.com/\\u0000", "domains": ["a\\u0000.com"]}', "NUL"),
+        (b'{"url": "http://example.com/\\ud800", "domains": ["\\udc00.com"]}', "surrogates"),
+        (b'{"\\ud800": 1}', "surrogates"),
+        (b'{"interval_s": 1e400, "hours": 1e400, "domains": [1e400]}', "inf"),
+    ],
+)
+async def test_json_the_database_cannot_store_gets_422_on_every_json_route(
+    guarded_app: RunningApp, body: bytes, complaint: str
+) -> None:
+    """Legal JSON, but text PostgreSQL cannot hold or numbers too large to echo back."""
+    routes = json_routes((await guarded_app.client.get("/openapi.json")).json())
+
+    for method, path in routes:
+        response = await guarded_app.client.request(
+            method, path, content=body, headers={"Content-Type": "application/json"}
+        )
+
+        assert response.status_code in (404, 422), (method, path, body, response.text)
+        if response.status_code == 422:
+            assert complaint in response.text, (method, path, response.text)
+
+
 async def raw_get(base_url: str, path: str) -> tuple[int, bytes]:
     """GET `path` exactly as written: HTTP clients would resolve its dot segments first."""
     host, port = base_url.removeprefix("http://").split(":")

@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from errands.config import Settings
@@ -20,6 +21,7 @@ from errands.core.limits import BodyLimitMiddleware
 from errands.core.logging import RequestLogMiddleware
 from errands.core.metrics import instrument
 from errands.core.resources import open_resources
+from errands.core.validation import render_validation_error
 from errands.loops import run_loops
 from errands.monitors.api import router as monitors_router
 from errands.stats.api import router as stats_router
@@ -77,6 +79,7 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
     app.state.stats_recorder = stats_recorder
     app.add_middleware(RequestLogMiddleware)
     app.add_exception_handler(ErrandsError, _render_errands_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, render_validation_error)  # type: ignore[arg-type]
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from errands.core.errors import Conflict, NotFound, Unprocessable
 from errands.core.http import BlockedTarget, GuardedClient
 from errands.core.resources import Resources, get_resources
+from errands.core.validation import RequestBody
 from errands.monitors import store
 
 __all__ = [
@@ -48,7 +49,7 @@ def _valid_regex(pattern: str | None) -> str | None:
     return pattern
 
 
-class MonitorIn(BaseModel):
+class MonitorIn(RequestBody):
     """A website to check every `interval_s` seconds."""
 
     model_config = ConfigDict(extra="forbid")
@@ -62,7 +63,7 @@ class MonitorIn(BaseModel):
     _check_regex = field_validator("regex")(_valid_regex)
 
 
-class MonitorChanges(BaseModel):
+class MonitorChanges(RequestBody):
     """The fields to change; a regex set to null removes it."""
 
     model_config = ConfigDict(extra="forbid")

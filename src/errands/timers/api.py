@@ -1,17 +1,17 @@
 """Webhook timers: `POST /timer` sets one, `GET /timer/{id}` reads it, `DELETE` cancels it."""
 
-import math
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 
 from errands.core.errors import Conflict, NotFound, Unprocessable
 from errands.core.http import BlockedTarget
 from errands.core.resources import Resources, get_resources
+from errands.core.validation import RequestBody
 from errands.timers import store
 
 __all__ = ["TimerCreated", "TimerRequest", "TimerView", "router"]
@@ -24,7 +24,7 @@ MAX_URL_CHARS = 2048
 DurationPart = Annotated[int, Field(default=0, ge=0, strict=True)]
 
 
-class TimerRequest(BaseModel):
+class TimerRequest(RequestBody):
     """When to fire (the parts add up; missing ones count as 0) and where to send the webhook."""
 
     hours: DurationPart = 0
@@ -32,16 +32,9 @@ class TimerRequest(BaseModel):
     seconds: DurationPart = 0
     url: Annotated[str, Field(strict=True, max_length=MAX_URL_CHARS)]
 
-    @model_validator(mode="before")
-    @classmethod
-    def echoable(cls, data: Any) -> Any:
-        return _echoable(data)
-
     @field_validator("url")
     @classmethod
     def url_is_http(cls, url: str) -> str:
-        # Control characters (NUL above all, which PostgreSQL cannot store) and lone surrogates
-        # are not printable.
         if not url.isprintable() or " " in url or "\\" in url:
             raise ValueError("url must not contain spaces, backslashes or control characters")
         parts = urlsplit(url)
@@ -53,25 +46,6 @@ class TimerRequest(BaseModel):
     @property
     def total_seconds(self) -> int:
         return self.hours * 3600 + self.minutes * 60 + self.seconds
-
-
-def _echoable(value: Any) -> Any:
-    """The body as a 422 can echo it: JSON numbers too large for a float (1e400, Infinity) and
-    text holding half a surrogate pair cannot be written back as JSON, so they become text that
-    fails validation like any other bad value (a URL may not hold a backslash)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return value.encode(errors="backslashreplace").decode()
-        return value
-    if isinstance(value, list):
-        return [_echoable(item) for item in value]
-    if isinstance(value, dict):
-        return {_echoable(key): _echoable(item) for key, item in value.items()}
-    return value
 
 
 class TimerCreated(BaseModel):

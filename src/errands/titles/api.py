@@ -10,6 +10,7 @@ from errands.config import Settings
 from errands.core.errors import Unprocessable
 from errands.core.http import GuardedClient
 from errands.core.resources import Resources, get_resources
+from errands.core.validation import RequestBody
 from errands.titles.domains import InvalidDomain, Target, parse_domain
 from errands.titles.fetch import PageTitle, TitleCache, TitleStatus, fetch_titles
 
@@ -18,7 +19,7 @@ __all__ = ["TitlesRequest", "TitlesResponse", "parse_domains", "router", "titles
 router = APIRouter(tags=["titles"])
 
 
-class TitlesRequest(BaseModel):
+class TitlesRequest(RequestBody):
     domains: list[str] = Field(
         description="Bare domains (https is tried, then http), http(s) URLs, or IDNs.",
         examples=[["example.com", "https://www.python.org/", "bücher.de"]],
