@@ -12,6 +12,7 @@ from typing import Annotated, TypeVar
 import psycopg
 import typer
 import uvicorn
+import uvloop
 from fastapi import FastAPI
 from psycopg.rows import dict_row
 
@@ -135,13 +136,13 @@ def worker(
     # Without Kafka, check results reach the sink only inside this process: it runs here too.
     kafka = settings.kafka_bootstrap_servers is not None
     allowed = [name for name in LOOPS if name != "sink" or not kafka]
-    asyncio.run(_run_until_signal(settings, _parse_loops(only, allowed)))
+    uvloop.run(_run_until_signal(settings, _parse_loops(only, allowed)))
 
 
 @app.command()
 def sink() -> None:
     """The Kafka consumer that writes check results to PostgreSQL."""
-    asyncio.run(_run_until_signal(_settings(), ["sink"]))
+    uvloop.run(_run_until_signal(_settings(), ["sink"]))
 
 
 @app.command()
