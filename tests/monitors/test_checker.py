@@ -79,7 +79,7 @@ async def test_a_runaway_regex_is_stopped_by_its_time_bound(
 async def test_an_error_status_is_down_also_for_head(
     resources: Resources, target_server: TargetServer
 ) -> None:
-    url = target_server.route("/gone", status=503, body=b"")
+    url = target_server.route("/gone", status=503, body=b"<html>gone</html>")
     result = await check_site(resources.http, monitor(url, method="HEAD"), regex_timeout_s=1)
     assert result.status_code == 503
     assert result.up is False
