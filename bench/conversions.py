@@ -1,6 +1,6 @@
 """Conversions: time and peak memory per file, Errands' converter beside ImageMagick + Ghostscript.
 
-    python bench/conversions.py [--runs N] [--no-record]
+    python bench/conversions.py [--runs N]
 
 A fixed corpus is generated (8000x6000 JPEG, 12000x9000 JPEG, 5000x5000 PNG with alpha, a
 20-page PDF) and every file is converted to PNGs no larger than 3500x3500 by each system, one
@@ -37,7 +37,6 @@ from errands.config import Settings
 from errands.conversions.supervisor import child_command, child_environment
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
 
 MAX_SIDE = 3500
 PDF_DPI = 150
@@ -296,7 +295,6 @@ def report(rows: list[tuple[Sample, str, Run, Run]], runs: int, versions: str) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1, help="runs per file and system (best kept)")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks.md")
     args = parser.parse_args()
 
     convert = ensure_imagemagick()
@@ -329,9 +327,6 @@ def main() -> None:
     table = report(rows, args.runs, version_note)
     print()
     print(table)
-    if not args.no_record:
-        with BENCHMARKS_MD.open("a", encoding="utf-8") as out:
-            out.write(f"\n## Conversions (bench/conversions.py)\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Monitors: checker throughput and lateness, sink rows per second, bytes per check, uptime query.
 
     python bench/monitors.py [--database-url URL] [--monitors N] [--seconds S] [--rows N]
-                             [--no-record]
 
 1. Checker: N monitors every 5 s against local targets (a separate process serving 8 ports),
    run by one in-process checker loop (`run_checker`, the loop `errands worker` runs) with the
@@ -42,7 +41,6 @@ from errands.monitors.results import CheckResult, decode_check, encode_check
 from errands.monitors.sink import store_batch
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
 TARGET_PORTS = 8
 INTERVAL_S = 5
 WARM_UP_S = 6.0
@@ -326,18 +324,10 @@ def main() -> None:
     parser.add_argument("--monitors", type=int, default=6000, help="monitors, each every 5 s")
     parser.add_argument("--seconds", type=float, default=15.0, help="checker measuring time")
     parser.add_argument("--rows", type=int, default=200_000, help="check results for the sink")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks.md")
     args = parser.parse_args()
     figures = asyncio.run(run(args))
     text = table(figures)
     print(text)
-    if not args.no_record:
-        with BENCHMARKS_MD.open("a", encoding="utf-8") as out:
-            out.write(
-                f"\n## Monitors ({datetime.now(UTC):%Y-%m-%d}, `python bench/monitors.py"
-                f" --monitors {args.monitors} --seconds {args.seconds:g} --rows {args.rows}`)\n\n"
-                f"{text}\n"
-            )
 
 
 if __name__ == "__main__":

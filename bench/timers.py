@@ -36,7 +36,6 @@ from celery import Celery
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
 CONCURRENT_POSTS = 64
 
 
@@ -531,9 +530,6 @@ async def main(args: argparse.Namespace) -> None:
     )
     report = "\n".join([header, "", table(results, args), *[f"\n{note}" for note in skipped]])
     print("\n" + report)
-    if not args.no_record:
-        with BENCHMARKS_MD.open("a", encoding="utf-8") as out:
-            out.write(f"\n## Timers (bench/timers.py)\n\n{report}\n")
 
 
 def parse_args() -> argparse.Namespace:
@@ -544,7 +540,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=500, help="steady timers per second")
     parser.add_argument("--seconds", type=float, default=4, help="length of the steady stream")
     parser.add_argument("--skip", default="", help="peers to leave out: apscheduler,celery")
-    parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks.md")
     return parser.parse_args()
 
 
