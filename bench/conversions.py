@@ -36,8 +36,6 @@ import pyvips
 from errands.config import Settings
 from errands.conversions.supervisor import child_command, child_environment
 
-ROOT = Path(__file__).resolve().parent.parent
-
 MAX_SIDE = 3500
 PDF_DPI = 150
 CHILD_MEMORY_MB = 1024  # Errands' default limit for a conversion child

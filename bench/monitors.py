@@ -40,7 +40,6 @@ from errands.monitors.checker import run_checker
 from errands.monitors.results import CheckResult, decode_check, encode_check
 from errands.monitors.sink import store_batch
 
-ROOT = Path(__file__).resolve().parent.parent
 TARGET_PORTS = 8
 INTERVAL_S = 5
 WARM_UP_S = 6.0
