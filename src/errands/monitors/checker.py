@@ -11,6 +11,7 @@ import regex
 import structlog
 
 from errands.core import claims
+from errands.core.batching import Batcher
 from errands.core.http import GuardedClient, OutboundError
 from errands.core.metrics import CHECK_DURATION, CHECKS
 from errands.core.resources import Resources
@@ -117,47 +118,17 @@ async def check_site(
     )
 
 
-class _Rescheduler:
-    """Moves checked monitors to their next slot in one UPDATE for all that finished within a
-    few milliseconds: at a thousand checks a second, a statement per check would cost more
-    than the checks. Each caller still waits for its own row to be written."""
-
-    def __init__(self, resources: Resources, owner: str) -> None:
-        self._resources = resources
-        self._owner = owner
-        self._pending: list[tuple[uuid.UUID, datetime, asyncio.Future[bool]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def reschedule(self, monitor_id: uuid.UUID, due_at: datetime) -> bool:
-        moved: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((monitor_id, due_at, moved))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="monitors:reschedule")
-        return await moved
-
-    async def _flush(self) -> None:
-        while self._pending:
-            await asyncio.sleep(RESCHEDULE_LINGER_S)
-            batch, self._pending = self._pending, []
-            try:
-                moved = await store.reschedule_checked(
-                    self._resources.pool,
-                    [(row_id, due_at) for row_id, due_at, _ in batch],
-                    self._owner,
-                )
-            except Exception as error:  # handed to every waiting check, which logs it
-                for _, _, future in batch:
-                    future.set_exception(error)
-                continue
-            for row_id, _, future in batch:
-                future.set_result(row_id in moved)
-
-
 async def run_checker(resources: Resources, stop: asyncio.Event) -> None:
     """Loop "monitors": check every due monitor, publish its result, move it to its next slot."""
     settings = resources.settings
     owner = claims.new_owner()
-    rescheduler = _Rescheduler(resources, owner)
+    # At a thousand checks a second a statement per check would cost more than the checks:
+    # monitors checked within a few milliseconds of each other move on in one UPDATE.
+    rescheduler = Batcher(
+        functools.partial(store.reschedule_checked, resources.pool, owner=owner),
+        name="monitors:reschedule",
+        linger_s=RESCHEDULE_LINGER_S,
+    )
     queue = claims.ClaimQueue(
         table="monitors",
         channel=store.CHANNEL,
@@ -175,7 +146,7 @@ async def run_checker(resources: Resources, stop: asyncio.Event) -> None:
         await resources.bus.publish(str(monitor["id"]).encode(), encode_check(result))
         CHECKS.labels(result="up" if result.up else (result.error_kind or "down")).inc()
         CHECK_DURATION.observe(time.perf_counter() - started)
-        if not await rescheduler.reschedule(monitor["id"], monitor["due_at"]):
+        if not await rescheduler.submit((monitor["id"], monitor["due_at"])):
             log.info("monitor_changed_while_checked", monitor_id=str(monitor["id"]))
 
     await claims.run_claim_loop(

@@ -183,9 +183,9 @@ async def sync_monitor(pool: Pool, fields: MonitorFields) -> str:
 
 async def reschedule_checked(
     pool: Pool, checked: list[tuple[uuid.UUID, datetime]], owner: str
-) -> set[uuid.UUID]:
-    """Move checked monitors (id, the slot checked) to their next slot; return the ids moved.
-    A monitor changed or re-leased meanwhile is not moved by this checker."""
+) -> list[bool]:
+    """Move checked monitors (id, the slot checked) to their next slot; say of each whether it
+    moved. A monitor changed or re-leased meanwhile is not moved by this checker."""
     async with pool.connection() as conn:
         cursor = await conn.execute(
             RESCHEDULE_CHECKED,
@@ -195,7 +195,8 @@ async def reschedule_checked(
                 "owner": owner,
             },
         )
-        return {row["id"] for row in await cursor.fetchall()}
+        moved = {row["id"] for row in await cursor.fetchall()}
+    return [monitor_id in moved for monitor_id, _ in checked]
 
 
 # --- Check results: day partitions -------------------------------------------------------------

@@ -6,6 +6,7 @@ id as `Idempotency-Key` so receivers can drop such repeats.
 """
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -19,6 +20,7 @@ import psycopg
 import structlog
 
 from errands.core import claims
+from errands.core.batching import Batcher
 from errands.core.http import GuardedClient, OutboundError
 from errands.core.metrics import TIMER_LATENESS, TIMERS_FIRED, TIMERS_PENDING
 from errands.core.resources import Resources
@@ -80,47 +82,10 @@ def judge_error(error: OutboundError) -> Outcome:
     return Outcome("retry", str(error))
 
 
-class _FiredRecorder:
-    """Records delivered webhooks in batches: whatever finished while the previous UPDATE ran
-    goes into the next one, so the database sees one statement per batch, not per webhook."""
-
-    def __init__(self, resources: Resources, owner: str) -> None:
-        self._pool = resources.pool
-        self._owner = owner
-        self._waiting: list[tuple[store.FiredTimer, asyncio.Future[None]]] = []
-        self._arrived = asyncio.Event()
-
-    async def record(self, fired: store.FiredTimer) -> None:
-        """Return once the timer is recorded as fired (or raise what recording raised)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((fired, future))
-        self._arrived.set()
-        await future
-
-    async def run(self) -> None:
-        while True:
-            await self._arrived.wait()
-            self._arrived.clear()
-            batch, self._waiting = self._waiting, []
-            try:
-                held = await store.mark_fired(self._pool, self._owner, [item for item, _ in batch])
-            except Exception as error:
-                # Handed to every waiting handler, which raises it (the claim loop logs it with
-                # its traceback); their timers stay leased and are sent again after the lease.
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            lost = [str(item.id) for item, _ in batch if item.id not in held]
-            if lost:
-                log.warning("timer_lease_lost_before_recording", ids=lost)
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
-
-
 class _Firer:
-    def __init__(self, resources: Resources, owner: str, recorder: _FiredRecorder) -> None:
+    def __init__(
+        self, resources: Resources, owner: str, recorder: Batcher[store.FiredTimer, bool]
+    ) -> None:
         self._resources = resources
         self._settings = resources.settings
         self._http: GuardedClient = resources.http
@@ -161,7 +126,10 @@ class _Firer:
             outcome = Outcome("failed", f"gave up after {attempts} attempts; last: {error}")
         TIMERS_FIRED.labels(outcome=outcome.result).inc()
         if outcome.result == "fired":
-            await self._recorder.record(store.FiredTimer(timer_id, sent_at))
+            # Delivered webhooks are recorded in batches: one UPDATE for all that finished
+            # while the previous one ran.
+            if not await self._recorder.submit(store.FiredTimer(timer_id, sent_at)):
+                log.warning("timer_lease_lost_before_recording", id=str(timer_id))
         elif outcome.result == "retry":
             delay_s = retry_delay_s(
                 attempts, self._settings.timer_retry_base_s, self._settings.timer_retry_max_s
@@ -195,13 +163,11 @@ async def fire_due_timers(resources: Resources, stop: asyncio.Event) -> None:
         max_in_flight=settings.timer_max_in_flight,
         poll_interval_s=settings.timer_poll_interval_s,
     )
-    recorder = _FiredRecorder(resources, owner)
+    recorder = Batcher(
+        functools.partial(store.mark_fired, resources.pool, owner), name="timers:record-fired"
+    )
     firer = _Firer(resources, owner, recorder)
-    # The recorder outlives the claim loop: handlers finishing during shutdown still record.
-    helpers = [
-        asyncio.create_task(recorder.run(), name="timers:record-fired"),
-        asyncio.create_task(_count_pending(resources), name="timers:count-pending"),
-    ]
+    counting = asyncio.create_task(_count_pending(resources), name="timers:count-pending")
     try:
         await claims.run_claim_loop(
             queue,
@@ -213,6 +179,5 @@ async def fire_due_timers(resources: Resources, stop: asyncio.Event) -> None:
             grace_s=settings.shutdown_grace_s,
         )
     finally:
-        for task in helpers:
-            task.cancel()
-        await asyncio.gather(*helpers, return_exceptions=True)
+        counting.cancel()
+        await asyncio.gather(counting, return_exceptions=True)

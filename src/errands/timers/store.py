@@ -1,6 +1,6 @@
 """The timers table: creating, reading and cancelling timers, and recording how firing went."""
 
-import asyncio
+import functools
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from errands.core import claims
+from errands.core.batching import Batcher
 from errands.core.db import Pool
 
 __all__ = [
@@ -125,43 +126,9 @@ class _NewTimer:
     url: str
     delay_s: int
     wake_firers: bool
-    created: "asyncio.Future[None]"
 
 
-class _TimerCreator:
-    """Group commit for new timers: timers asked for while one INSERT runs go into the next, so
-    the database sees one statement per batch however many requests arrive at once."""
-
-    def __init__(self) -> None:
-        self._waiting: list[_NewTimer] = []
-        self._writer: asyncio.Task[None] | None = None
-
-    async def create(self, pool: Pool, url: str, delay_s: int, wake_firers: bool) -> uuid.UUID:
-        created = asyncio.get_running_loop().create_future()
-        timer = _NewTimer(uuid.uuid4(), url, delay_s, wake_firers, created)
-        self._waiting.append(timer)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_waiting(pool), name="timers:create")
-        await created
-        return timer.id
-
-    async def _write_waiting(self, pool: Pool) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            try:
-                await _insert_timers(pool, batch)
-            except Exception as error:
-                # Each caller raises it; none of the batch was committed.
-                for timer in batch:
-                    if not timer.created.done():
-                        timer.created.set_exception(error)
-                continue
-            for timer in batch:
-                if not timer.created.done():
-                    timer.created.set_result(None)
-
-
-async def _insert_timers(pool: Pool, batch: list[_NewTimer]) -> None:
+async def _insert_timers(pool: Pool, batch: list[_NewTimer]) -> list[None]:
     params = {
         "ids": [timer.id for timer in batch],
         "urls": [timer.url for timer in batch],
@@ -171,22 +138,28 @@ async def _insert_timers(pool: Pool, batch: list[_NewTimer]) -> None:
         await conn.execute(CREATE_TIMERS, params)
         if any(timer.wake_firers for timer in batch):
             await claims.notify(conn, CHANNEL)
+    return [None] * len(batch)
 
 
-# One creator per pool, so all of a process's requests share its batches.
-_creators: "weakref.WeakKeyDictionary[Pool, _TimerCreator]" = weakref.WeakKeyDictionary()
+# One batcher per pool, so all of a process's requests share its INSERTs.
+_creators: "weakref.WeakKeyDictionary[Pool, Batcher[_NewTimer, None]]" = weakref.WeakKeyDictionary()
 
 
 async def create_timer(pool: Pool, url: str, delay_s: int, *, wake_firers: bool) -> uuid.UUID:
     """Insert a pending timer and return its id once the row is committed.
 
-    `wake_firers` sends a NOTIFY with the batch, for timers due before the firers' next poll;
-    other batches go without, since NOTIFY serialises commits.
+    Timers asked for while one INSERT runs go into the next (group commit). `wake_firers` sends
+    a NOTIFY with the batch, for timers due before the firers' next poll; other batches go
+    without, since NOTIFY serialises commits.
     """
     creator = _creators.get(pool)
     if creator is None:
-        creator = _creators[pool] = _TimerCreator()
-    return await creator.create(pool, url, delay_s, wake_firers)
+        creator = _creators[pool] = Batcher(
+            functools.partial(_insert_timers, pool), name="timers:create"
+        )
+    timer = _NewTimer(uuid.uuid4(), url, delay_s, wake_firers)
+    await creator.submit(timer)
+    return timer.id
 
 
 async def get_timer(pool: Pool, timer_id: uuid.UUID) -> dict[str, Any] | None:
@@ -205,8 +178,8 @@ async def cancel_timer(pool: Pool, timer_id: uuid.UUID) -> tuple[bool, dict[str,
         return cancelled, await cursor.fetchone()
 
 
-async def mark_fired(pool: Pool, owner: str, fired: list[FiredTimer]) -> set[uuid.UUID]:
-    """Record delivered webhooks in one statement; return the ids whose lease `owner` still held."""
+async def mark_fired(pool: Pool, owner: str, fired: list[FiredTimer]) -> list[bool]:
+    """Record delivered webhooks in one statement; say of each whether `owner` still held it."""
     params = {
         "owner": owner,
         "ids": [timer.id for timer in fired],
@@ -214,7 +187,8 @@ async def mark_fired(pool: Pool, owner: str, fired: list[FiredTimer]) -> set[uui
     }
     async with pool.connection() as conn:
         cursor = await conn.execute(MARK_FIRED, params)
-        return {row["id"] for row in await cursor.fetchall()}
+        held = {row["id"] for row in await cursor.fetchall()}
+    return [timer.id in held for timer in fired]
 
 
 async def schedule_retry(
