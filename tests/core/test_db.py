@@ -61,7 +61,7 @@ EMBEDDED_ROUND = textwrap.dedent(
     from pathlib import Path
     from errands.core.db import start_embedded_postgres
 
-    url = start_embedded_postgres(Path(sys.argv[1]))
+    url = start_embedded_postgres(Path(sys.argv[1]) / "postgres")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS visits (n int)")
         conn.execute("INSERT INTO visits VALUES (1)")

