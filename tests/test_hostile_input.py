@@ -134,6 +134,21 @@ async def test_an_oversized_json_body_gets_413_on_every_json_route(
             assert "byte limit" in response.json()["detail"]
 
 
+async def test_a_multipart_content_type_does_not_lift_the_cap_on_json_routes(
+    guarded_app: RunningApp,
+) -> None:
+    routes = json_routes((await guarded_app.client.get("/openapi.json")).json())
+    oversized = json.dumps({"domains": ["a.example"] * MAX_JSON_BODY_BYTES}).encode()
+    multipart = {"Content-Type": "multipart/form-data; boundary=x"}
+
+    for method, path in routes:
+        response = await guarded_app.client.request(
+            method, path, content=chunks(oversized), headers=multipart
+        )
+
+        assert response.status_code == 413, (method, path, response.text[:200])
+
+
 async def chunks(body: bytes, size: int = 16 * 1024) -> AsyncIterator[bytes]:
     """The body without a Content-Length, as a chunked upload sends it."""
     for start in range(0, len(body), size):

@@ -34,6 +34,8 @@ __all__ = ["create_app"]
 log = structlog.get_logger(__name__)
 
 READY_CHECK_TIMEOUT_S = 2.0
+# Routes that stream their body within ERRANDS_UPLOAD_MAX_BYTES instead of the JSON cap.
+UPLOAD_PATHS = frozenset({"/uploads"})
 
 
 def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
@@ -70,7 +72,9 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
     )
     # Outermost last: every request gets an id and a log line, then is counted, then its key
     # and body size are checked before any route reads it.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_json_body_bytes, upload_paths=UPLOAD_PATHS
+    )
     if settings.api_keys_enabled:
         app.add_middleware(ApiKeyMiddleware, cache_s=settings.api_key_cache_s)
     instrument(app)

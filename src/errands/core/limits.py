@@ -16,14 +16,19 @@ class BodyTooLarge(HTTPException):
 
 class BodyLimitMiddleware:
     """Answer 413 to a body over `max_bytes`: at once when Content-Length says so, otherwise as
-    soon as the bytes received pass the cap. Multipart uploads have their own, larger cap."""
+    soon as the bytes received pass the cap.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `upload_paths` are left to their routes, which stream uploads within a larger cap of their
+    own. The exemption follows the path, not the Content-Type, which any client can set.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_paths: frozenset[str]) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_paths = upload_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _is_multipart(scope):
+        if scope["type"] != "http" or scope["path"] in self.upload_paths:
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
@@ -63,18 +68,9 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
-def _header(scope: Scope, wanted: bytes) -> str | None:
-    for name, value in scope["headers"]:
-        if name == wanted:
-            return str(value.decode("latin-1"))
-    return None
-
-
-def _is_multipart(scope: Scope) -> bool:
-    content_type = _header(scope, b"content-type") or ""
-    return content_type.lower().startswith("multipart/form-data")
-
-
 def _content_length(scope: Scope) -> int | None:
-    value = _header(scope, b"content-length")
-    return int(value) if value is not None and value.strip().isdigit() else None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isdigit() else None
+    return None
