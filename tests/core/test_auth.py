@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from fastapi import APIRouter, FastAPI
 from psycopg.rows import dict_row
 
 from errands.config import Settings
@@ -134,6 +135,24 @@ async def test_a_path_no_route_serves_needs_a_key_then_is_not_found(
 
     assert (await guarded.client.get("/nowhere")).status_code == 401
     assert (await guarded.client.get("/nowhere", headers=bearer(secret))).status_code == 404
+
+
+def test_a_route_needs_the_scope_of_the_route_its_method_reaches() -> None:
+    app = FastAPI()
+    for method, tag in (("GET", "titles"), ("POST", "timers")):
+        router = APIRouter(tags=[tag])
+        router.add_api_route("/things", lambda: None, methods=[method])
+        app.include_router(router)
+    middleware = auth.ApiKeyMiddleware(app, cache_s=0)
+
+    def needed(method: str, path: str = "/things") -> str | None:
+        request = {"type": "http", "method": method, "path": path, "root_path": "", "app": app}
+        return middleware._scope_of(request)
+
+    assert needed("GET") == "titles"
+    assert needed("POST") == "timers"
+    assert needed("DELETE") == "titles"  # the first route of the path answers 405
+    assert needed("GET", "/nowhere") is None
 
 
 async def test_only_the_hash_of_a_key_is_stored(database_url: str) -> None:

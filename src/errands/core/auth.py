@@ -199,14 +199,19 @@ class ApiKeyMiddleware:
         return key
 
     def _scope_of(self, scope: Scope) -> str | None:
-        """The scope the matching route needs; None for a path no route serves (it 404s)."""
+        """The scope of the route the router will pick: the first full match, else the first
+        partial one (a path served for other methods, which answers 405); None for a path no
+        route serves (it 404s)."""
         if self._scoped_routes is None:
             self._scoped_routes = list(_scoped_routes(scope["app"].routes))
+        partial = None
         for route, needed in self._scoped_routes:
             match, _ = route.matches(scope)
-            if match != Match.NONE:
+            if match == Match.FULL:
                 return needed
-        return None
+            if match == Match.PARTIAL and partial is None:
+                partial = needed
+        return partial
 
 
 def _scoped_routes(routes: Iterable[Any]) -> Iterable[tuple[BaseRoute, str]]:
