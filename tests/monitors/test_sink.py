@@ -1,9 +1,12 @@
 """Storing check results: day partitions, idempotency on the check id, rollups, retention."""
 
 import asyncio
+import json
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from errands.core.bus import MemoryBus
 from errands.core.db import Pool
@@ -185,6 +188,46 @@ async def test_a_message_postgresql_cannot_read_is_left_out_alone(resources: Res
     rows = await stored_rows(resources.pool)
     assert rows == [stored_row(r) for r in good]
     assert (await store_batch(resources, values)).stored == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("dns_ms", "1e300"),  # above the largest real
+        ("dns_ms", "1e-50"),  # non-zero below the smallest real
+        ("checked_at", '"0001-01-01T00:00:00+01:00"'),  # before year 1 once in UTC
+        ("x", "[" * 100_000 + "]" * 100_000),  # nested deeper than PostgreSQL parses
+    ],
+)
+async def test_a_message_that_cannot_be_stored_never_blocks_the_others(
+    resources: Resources, field: str, value: str
+) -> None:
+    """Next to a message that is not JSON (so the batch is decoded one by one), a message whose
+    value PostgreSQL refuses is left out: raising instead would redeliver the batch for ever."""
+    monitor_id = uuid.uuid4()
+    good = results_for(
+        monitor_id, datetime.now(UTC) - timedelta(seconds=10), 3, timedelta(seconds=1)
+    )
+    bad = json.loads(encode_check(good[0]))
+    bad[field] = "PLACEHOLDER"
+    refused = json.dumps(bad).replace('"PLACEHOLDER"', value).encode()
+    values = [b"not json", refused, *(encode_check(r) for r in good[1:])]
+
+    batch = await store_batch(resources, values)
+
+    assert (batch.stored, batch.skipped) == (2, 2)
+    assert await stored_rows(resources.pool) == [stored_row(r) for r in good[1:]]
+
+
+async def test_an_error_text_postgresql_cannot_hold_is_stored_without_those_characters(
+    resources: Resources,
+) -> None:
+    monitor_id = uuid.uuid4()
+    result = results_for(monitor_id, datetime.now(UTC), 1, timedelta(seconds=1))[0]
+    value = encode_check(result).replace(b'"timed out"', b'"timed\\u0000 out \\ud800"')
+
+    assert (await store_batch(resources, [value])).stored == 1
+    assert await stored_rows(resources.pool) == [{**stored_row(result), "error": "timed out ?"}]
 
 
 async def test_retention_drops_whole_old_partitions_and_rollups(resources: Resources) -> None:

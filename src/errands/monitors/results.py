@@ -3,7 +3,6 @@ that the hourly rollups keep."""
 
 import bisect
 import json
-import math
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -33,6 +32,10 @@ ERROR_KINDS: frozenset[str] = frozenset({"dns", "connect", "tls", "timeout", "ot
 # values: never change them, only add a new column if other buckets are ever needed.
 LATENCY_BOUNDS_MS: tuple[float, ...] = tuple(round(1.25**i, 3) for i in range(50))
 HISTOGRAM_SIZE = len(LATENCY_BOUNDS_MS) + 1  # bucket 0 is below 1 ms, the last above the top
+
+# Times are stored as PostgreSQL real (single precision), which refuses a number above its largest
+# value or a non-zero one below its smallest: such a message could never be stored.
+REAL_MIN, REAL_MAX = 1.401298464324817e-45, 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,8 @@ def _optional(doc: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> 
 
 def _milliseconds(doc: dict[str, Any], name: str) -> float | None:
     value = _optional(doc, name, (int, float))
-    if value is not None and not (math.isfinite(value) and value >= 0):
-        raise InvalidCheckMessage(f"{name} is not a non-negative number")
+    if value is not None and not (value == 0 or REAL_MIN <= value <= REAL_MAX):
+        raise InvalidCheckMessage(f"{name} is not a non-negative number that fits a real")
     return None if value is None else float(value)
 
 
@@ -102,7 +105,7 @@ def decode_check(value: bytes) -> CheckResult:
     """Parse and validate one message; raise InvalidCheckMessage naming the first problem."""
     try:
         doc = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise InvalidCheckMessage(f"not JSON: {error}") from None
     if not isinstance(doc, dict):
         raise InvalidCheckMessage("not a JSON object")
@@ -116,6 +119,10 @@ def decode_check(value: bytes) -> CheckResult:
         raise InvalidCheckMessage(f"bad check_id, monitor_id or checked_at: {error!r}") from None
     if checked_at.tzinfo is None:
         raise InvalidCheckMessage("checked_at has no time zone")
+    try:
+        checked_at = checked_at.astimezone(UTC)
+    except OverflowError:  # a time at either end of the calendar, moved to UTC
+        raise InvalidCheckMessage("checked_at is out of range") from None
     status_code = _optional(doc, "status_code", int)
     if status_code is not None and not 100 <= status_code <= 999:
         raise InvalidCheckMessage("status_code is out of range")
@@ -125,7 +132,7 @@ def decode_check(value: bytes) -> CheckResult:
     return CheckResult(
         check_id=check_id,
         monitor_id=monitor_id,
-        checked_at=checked_at.astimezone(UTC),
+        checked_at=checked_at,
         url=_optional(doc, "url", str) or "",
         status_code=status_code,
         response_time_ms=_milliseconds(doc, "response_time_ms"),

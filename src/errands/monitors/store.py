@@ -426,9 +426,14 @@ def _decoded_row(result: CheckResult) -> tuple[Any, ...]:
         result.status_code,
         result.regex_matched,
         result.error_kind,
-        # PostgreSQL text cannot hold NUL; an error message never needs it.
-        None if result.error is None else result.error.replace("\x00", ""),
+        None if result.error is None else _storable_text(result.error),
     )
+
+
+def _storable_text(text: str) -> str:
+    """PostgreSQL text holds neither NUL nor a lone surrogate (JSON can carry both); an error
+    message needs neither."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 
 async def _stage(conn: Connection, values: list[bytes]) -> None:
@@ -438,8 +443,8 @@ async def _stage(conn: Connection, values: list[bytes]) -> None:
                 await copy.write(b"".join(_copy_line(value) for value in values))
             await conn.execute(CAST_MESSAGES)
         return
-    except psycopg.DataError:
-        pass  # some message is not even castable: decode one by one below
+    except (psycopg.DataError, psycopg.errors.StatementTooComplex):
+        pass  # some message is not even castable (or nested too deep): decode one by one below
     async with conn.cursor().copy(COPY_DECODED) as copy:
         for value in values:
             try:
