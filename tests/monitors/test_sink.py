@@ -4,14 +4,18 @@ import asyncio
 import json
 import random
 import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import psycopg
 import pytest
 
-from errands.core.bus import MemoryBus
+from errands.core.bus import Batch, MemoryBus, Message
 from errands.core.db import Pool
 from errands.core.resources import Resources
-from errands.monitors import store
+from errands.monitors import sink, store
 from errands.monitors.results import CheckResult, encode_check, histogram_of
 from errands.monitors.sink import run_sink, store_batch
 
@@ -264,3 +268,100 @@ async def test_the_sink_loop_stores_what_the_in_process_bus_carries(
     for ahead in range(3):
         name = store.partition_name(today + timedelta(days=ahead))
         assert await count(resources.pool, "SELECT count(*) FROM pg_class WHERE relname = %s", name)
+
+
+class OneBatchBus:
+    """Hands the sink one batch and records when it is committed."""
+
+    def __init__(self, values: list[bytes], events: list[str]) -> None:
+        self.values = values
+        self.events = events
+
+    async def publish(self, key: bytes, value: bytes) -> None:
+        raise NotImplementedError
+
+    async def consume(
+        self, stop: asyncio.Event, *, max_messages: int, linger_s: float
+    ) -> AsyncGenerator[Batch, None]:
+        async def commit() -> None:
+            self.events.append("commit")
+
+        yield Batch([Message(b"", value) for value in self.values], commit=commit)
+        await stop.wait()
+
+
+def failing(times: int, events: list[str]) -> Callable[..., Awaitable[store.StoredBatch]]:
+    """`store.save_checks` that finds the database unreachable `times` times first."""
+    save_checks = store.save_checks
+
+    async def save(*args: Any, **kwargs: Any) -> store.StoredBatch:
+        if events.count("unreachable") < times:
+            events.append("unreachable")
+            raise psycopg.OperationalError("connection refused")
+        batch = await save_checks(*args, **kwargs)
+        events.append("stored")
+        return batch
+
+    return save
+
+
+async def test_a_batch_the_database_refused_is_stored_later_then_committed(
+    resources: Resources, stop_event: asyncio.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    monkeypatch.setattr(store, "save_checks", failing(2, events))
+    monkeypatch.setattr(sink, "RETRY_DELAY_S", 0.01)
+    results = results_for(uuid.uuid4(), datetime.now(UTC), 20, timedelta(seconds=1))
+    bus = OneBatchBus([encode_check(r) for r in results], events)
+    task = asyncio.create_task(run_sink(replace(resources, bus=bus), stop_event))
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while "commit" not in events:
+        assert asyncio.get_running_loop().time() < deadline, f"no commit: {events}"
+        await asyncio.sleep(0.01)
+    stop_event.set()
+    await asyncio.wait_for(task, 5)
+
+    assert events == ["unreachable", "unreachable", "stored", "commit"]
+    assert await count(resources.pool, "SELECT count(*) FROM checks") == 20
+
+
+async def test_a_sink_stopped_while_the_database_is_down_exits_without_committing(
+    resources: Resources, stop_event: asyncio.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    monkeypatch.setattr(store, "save_checks", failing(1_000_000, events))
+    results = results_for(uuid.uuid4(), datetime.now(UTC), 5, timedelta(seconds=1))
+    bus = OneBatchBus([encode_check(r) for r in results], events)
+    task = asyncio.create_task(run_sink(replace(resources, bus=bus), stop_event))
+    deadline = asyncio.get_running_loop().time() + 10
+    while not events:
+        assert asyncio.get_running_loop().time() < deadline, "the sink stored nothing"
+        await asyncio.sleep(0.01)
+
+    stop_event.set()
+
+    await asyncio.wait_for(task, 5)
+    assert "commit" not in events
+
+
+async def test_housekeeping_the_database_refused_does_not_stop_the_sink(
+    resources: Resources, stop_event: asyncio.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unreachable(*args: Any) -> list[str]:
+        raise psycopg.OperationalError("connection refused")
+
+    monkeypatch.setattr(store, "drop_expired", unreachable)
+    events: list[str] = []
+    results = results_for(uuid.uuid4(), datetime.now(UTC), 5, timedelta(seconds=1))
+    bus = OneBatchBus([encode_check(r) for r in results], events)
+    task = asyncio.create_task(run_sink(replace(resources, bus=bus), stop_event))
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while "commit" not in events:
+        assert not task.done(), task.exception()
+        assert asyncio.get_running_loop().time() < deadline, "the batch was not stored"
+        await asyncio.sleep(0.01)
+    stop_event.set()
+    await asyncio.wait_for(task, 5)
+    assert await count(resources.pool, "SELECT count(*) FROM checks") == 5

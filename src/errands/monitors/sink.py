@@ -6,6 +6,7 @@ a sink killed at any point reads the uncommitted batch again, and storing it aga
 
 import asyncio
 import time
+from contextlib import aclosing, suppress
 from datetime import UTC, date, datetime, timedelta
 
 import psycopg
@@ -45,42 +46,58 @@ async def store_batch(
     return batch
 
 
-async def _housekeeping(resources: Resources, known_days: set[date]) -> None:
-    """Create the coming days' partitions and drop the expired ones."""
+async def _housekeeping(resources: Resources, known_days: set[date]) -> float:
+    """Create the coming days' partitions and drop the expired ones; return the seconds until
+    the next run. An unreachable database only delays it: partitions are also made on demand."""
     today = datetime.now(UTC).date()
     known_days.clear()  # another sink may have dropped some
     ahead = {today + timedelta(days=n) for n in range(DAYS_AHEAD + 1)}
-    await store.ensure_partitions(resources.pool, ahead)
-    known_days |= ahead
     cutoff = today - timedelta(days=resources.settings.retention_days)
-    dropped = await store.drop_expired(resources.pool, cutoff)
+    try:
+        await store.ensure_partitions(resources.pool, ahead)
+        known_days |= ahead
+        dropped = await store.drop_expired(resources.pool, cutoff)
+    except psycopg.OperationalError as error:
+        log.warning("sink_housekeeping_failed", error=str(error))
+        return RETRY_DELAY_S
     if dropped:
         log.info("check_partitions_dropped", partitions=dropped)
+    return HOUSEKEEPING_INTERVAL_S
+
+
+async def _store_or_stop(
+    resources: Resources, values: list[bytes], known_days: set[date], stop: asyncio.Event
+) -> store.StoredBatch | None:
+    """Store a batch, trying again while the database is unreachable; None when `stop` comes
+    first, leaving the batch uncommitted for the next sink to read again."""
+    while True:
+        try:
+            return await store_batch(resources, values, known_days)
+        except psycopg.OperationalError as error:
+            log.warning("sink_store_failed", error=str(error))
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RETRY_DELAY_S)
+        if stop.is_set():
+            return None
 
 
 async def run_sink(resources: Resources, stop: asyncio.Event) -> None:
     """Loop "sink": store check results from the bus until `stop`."""
     settings = resources.settings
     known_days: set[date] = set()
-    await _housekeeping(resources, known_days)
-    next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL_S
-    async for batch in resources.bus.consume(
+    next_housekeeping = time.monotonic() + await _housekeeping(resources, known_days)
+    batches = resources.bus.consume(
         stop, max_messages=settings.sink_batch_size, linger_s=settings.sink_linger_s
-    ):
-        values = [message.value for message in batch.messages]
-        while True:
-            try:
-                stored = await store_batch(resources, values, known_days)
-                break
-            except psycopg.OperationalError as error:
-                # The database is unreachable: keep the batch and try again; nothing is
-                # committed on the bus until it is stored.
-                log.warning("sink_store_failed", error=str(error))
-                await asyncio.sleep(RETRY_DELAY_S)
-        await batch.commit()
-        SINK_ROWS.inc(stored.stored)
-        for partition, lag in batch.lag.items():
-            SINK_LAG.labels(partition=str(partition)).set(lag)
-        if time.monotonic() >= next_housekeeping:
-            await _housekeeping(resources, known_days)
-            next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL_S
+    )
+    async with aclosing(batches):
+        async for batch in batches:
+            values = [message.value for message in batch.messages]
+            stored = await _store_or_stop(resources, values, known_days, stop)
+            if stored is None:
+                return
+            await batch.commit()
+            SINK_ROWS.inc(stored.stored)
+            for partition, lag in batch.lag.items():
+                SINK_LAG.labels(partition=str(partition)).set(lag)
+            if time.monotonic() >= next_housekeeping:
+                next_housekeeping = time.monotonic() + await _housekeeping(resources, known_days)
