@@ -3,7 +3,9 @@
 import asyncio
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -60,6 +62,14 @@ async def wait_for_new_child(known: set[int], within_s: float = 30.0) -> int:
         assert time.monotonic() < deadline, "no new conversion child started"
         await asyncio.sleep(0.005)
     return new.pop()
+
+
+def is_gone(pid: int) -> bool:
+    """Ended: no such process, or one that died and waits to be reaped by its new parent."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def sample_value(name: str, labels: dict[str, str] | None = None) -> float:
@@ -265,3 +275,37 @@ async def test_a_file_whose_workers_died_twice_is_not_tried_a_third_time(
         "failed",
         "conversion did not finish after 2 attempts",
     )
+
+
+# A supervisor in its own process, converting one file through `run_child`, to be killed.
+SUPERVISOR = """
+import asyncio, sys
+from pathlib import Path
+from errands.config import Settings
+from errands.conversions.supervisor import run_child
+asyncio.run(run_child(Settings(), Path(sys.argv[1]), "pdf", Path(sys.argv[2])))
+"""
+
+
+async def test_a_child_does_not_outlive_its_killed_supervisor(tmp_path: Path) -> None:
+    source, out_dir = tmp_path / "pages.pdf", tmp_path / "out"
+    source.write_bytes(samples.pdf([(612, 792)] * 500))  # seconds of work
+    out_dir.mkdir()
+    supervisor = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SUPERVISOR, str(source), str(out_dir)
+    )
+    child = await wait_for_new_child(set())
+    try:
+        while not (out_dir / "page-0001.png").exists():
+            assert supervisor.returncode is None, "the supervisor ended before converting"
+            await asyncio.sleep(0.005)
+        supervisor.kill()
+        await supervisor.wait()
+        deadline = time.monotonic() + 1.0
+        while not is_gone(child):
+            assert time.monotonic() < deadline, "the child kept converting without its supervisor"
+            await asyncio.sleep(0.01)
+        assert not (out_dir / "page-0500.png").exists()
+    finally:
+        if not is_gone(child):
+            os.kill(child, signal.SIGKILL)

@@ -5,9 +5,12 @@ The child reads one JSON job on stdin and writes one JSON result on stdout. A fi
 refuses (too large, encrypted, corrupt) is a result with an `error`; a crash is the child's exit.
 """
 
+import ctypes
 import json
 import math
+import os
 import resource
+import signal
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +46,9 @@ MAX_PAGE_SIDE_IN = 200
 
 # Exit status of a child that ran out of memory under its limit (crashes have their own signals).
 EXIT_OUT_OF_MEMORY = 3
+
+# prctl(2) option: the signal this process receives when its parent dies (Linux).
+PR_SET_PDEATHSIG = 1
 
 
 class ConversionError(Exception):
@@ -242,8 +248,18 @@ def job_to_json(job: Job) -> str:
     return json.dumps(asdict(job))
 
 
+def _end_with_parent() -> None:
+    """Have Linux kill this child when its supervisor dies, so no conversion outlives it (the
+    file's lease then runs out and another worker converts it again)."""
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request was made
+        raise SystemExit("the supervisor is gone")
+
+
 def main() -> None:
     """Child entry point: limit memory, convert one file, report pages or error and peak RSS."""
+    _end_with_parent()
     job = job_from_json(sys.stdin.read())
     # The limit comes first, so the libraries loaded below cannot grow past it either.
     resource.setrlimit(resource.RLIMIT_AS, (job.memory_limit_bytes, job.memory_limit_bytes))
