@@ -270,8 +270,12 @@ async def requeue_file(pool: Pool, file_id: uuid.UUID, owner: str, *, count_atte
         await claims.notify(conn, CHANNEL)
 
 
+# Waiting files are due: the partial index on due_at reads them without the finished ones.
 COUNT_WAITING = """
-    SELECT count(*) AS waiting FROM upload_files WHERE status = 'queued'
+    SELECT count(*) AS waiting
+      FROM upload_files
+     WHERE due_at IS NOT NULL
+       AND status = 'queued'
 """
 
 
