@@ -102,13 +102,11 @@ def api() -> None:
     _serve_http(_settings(), loops=API_ONLY)
 
 
-def _parse_loops(only: str | None, allowed: Sequence[str]) -> list[str]:
-    if only is None:
-        return list(allowed)
-    names = [name.strip() for name in only.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(allowed))
-    if unknown or not names:
-        raise typer.BadParameter(f"choose from {', '.join(allowed)}; got {only!r}")
+def pick(text: str, allowed: Sequence[str]) -> list[str]:
+    """The names in comma-separated `text`, each once, all of them from `allowed`."""
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names or not set(names) <= set(allowed):
+        raise typer.BadParameter(f"choose from {', '.join(allowed)}; got {text!r}")
     return names
 
 
@@ -136,13 +134,22 @@ def worker(
     # Without Kafka, check results reach the sink only inside this process: it runs here too.
     kafka = settings.kafka_bootstrap_servers is not None
     allowed = [name for name in LOOPS if name != "sink" or not kafka]
-    uvloop.run(_run_until_signal(settings, _parse_loops(only, allowed)))
+    uvloop.run(_run_until_signal(settings, allowed if only is None else pick(only, allowed)))
 
 
 @app.command()
 def sink() -> None:
     """The Kafka consumer that writes check results to PostgreSQL."""
-    uvloop.run(_run_until_signal(_settings(), ["sink"]))
+    settings = _settings()
+    if settings.kafka_bootstrap_servers is None:
+        # Without Kafka nothing would ever reach this process: serve and worker run the sink.
+        typer.echo(
+            "errands: the sink reads from Kafka: set ERRANDS_KAFKA_BOOTSTRAP_SERVERS "
+            "(without Kafka, serve and worker store check results themselves)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    uvloop.run(_run_until_signal(settings, ["sink"]))
 
 
 @app.command()
@@ -178,10 +185,7 @@ def create_key(
     scopes: Annotated[str, typer.Option(help=f"Comma-separated, from: {', '.join(auth.SCOPES)}.")],
 ) -> None:
     """Create a key and print it; it is shown only this once."""
-    wanted = [scope.strip() for scope in scopes.split(",") if scope.strip()]
-    unknown = sorted(set(wanted) - set(auth.SCOPES))
-    if unknown or not wanted:
-        raise typer.BadParameter(f"choose from {', '.join(auth.SCOPES)}; got {scopes!r}")
+    wanted = pick(scopes, auth.SCOPES)
     if not 1 <= len(name) <= 100:
         raise typer.BadParameter("the name must have 1 to 100 characters", param_hint="--name")
     key, secret = asyncio.run(

@@ -1,0 +1,40 @@
+"""The `errands` command: choosing loops and scopes, and roles that cannot run as configured."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from errands.cli import pick
+
+
+def test_pick_keeps_each_name_once_in_the_order_given() -> None:
+    assert pick(" monitors, timers,monitors,", ["timers", "monitors", "sink"]) == [
+        "monitors",
+        "timers",
+    ]
+
+
+@pytest.mark.parametrize("text", ["", " , ", "timers,nope"])
+def test_pick_refuses_unknown_names_and_an_empty_choice(text: str) -> None:
+    with pytest.raises(typer.BadParameter, match="choose from timers, sink"):
+        pick(text, ["timers", "sink"])
+
+
+def test_the_sink_without_kafka_stops_with_one_line(tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("ERRANDS_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "errands", "sink"],
+        env={**env, "ERRANDS_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "ERRANDS_KAFKA_BOOTSTRAP_SERVERS" in done.stderr
+    assert not (tmp_path / "postgres").exists(), "started a database it could not use"
