@@ -141,3 +141,18 @@ def test_charset_helpers() -> None:
     assert charset_from_content_type(None) is None
     assert sniff_charset(b'<meta charset="utf-16">') == "utf-8"  # as browsers do
     assert sniff_charset(b"<metal charset=koi8-r>") is None
+
+
+@pytest.mark.parametrize(
+    ("chunks", "title"),
+    [
+        ([b"<head><", b"title>Split</title>"], "Split"),
+        ([b"<svg><title>logo</title></", b"svg><title>Real</title>"], "Real"),
+        ([b"x" * 8191 + b"<title>At a slice edge</title>"], "At a slice edge"),
+    ],
+)
+def test_markup_cut_by_a_read_is_read_whole(chunks: list[bytes], title: str) -> None:
+    reader = TitleReader("text/html; charset=utf-8")
+    for chunk in chunks:
+        reader.feed(chunk)
+    assert reader.title() == title

@@ -162,6 +162,8 @@ class _TitleScanner:
     def _markup_end(self, start: int, *, final: bool) -> int | None:
         """Act on the markup at `start` and return where it ends, or None to wait for more."""
         text = self.text
+        if not final and len(text) - start <= 2 and text[start:] in ("<", "</"):
+            return None  # the next read says whether this starts a tag
         if text.startswith("<!--", start):
             found = _COMMENT_END.search(text, start + 2)
             if found is not None:
