@@ -83,6 +83,7 @@ async def guarded_client() -> AsyncIterator[GuardedClient]:
         "fc00::1",
         "fd00::2",
         "fe80::1",
+        "fec0::1",  # site-local
         "ff02::1",
         "::ffff:127.0.0.1",
         "::ffff:169.254.169.254",

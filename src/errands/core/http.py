@@ -109,6 +109,10 @@ def _why_blocked(ip: IPAddress) -> str | None:
         return "loopback"
     if ip.is_link_local:
         return "link-local"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        # Deprecated, yet still routed inside a site; Python counts it as neither private nor
+        # reserved.
+        return "site-local"
     if ip.is_multicast:
         return "multicast"
     if ip.is_private:
