@@ -219,6 +219,15 @@ async def test_requests_that_are_not_file_uploads_get_a_clear_400(api: httpx.Asy
     )
     assert malformed.status_code == 400
 
+    boundary = "b" * 300  # longer than the parser takes
+    too_long = await api.post(
+        "/uploads",
+        content=f"--{boundary}--\r\n".encode(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert too_long.status_code == 400
+    assert too_long.json() == {"detail": "the multipart body is malformed"}
+
 
 async def test_unknown_uploads_are_404(api: httpx.AsyncClient) -> None:
     missing = uuid.uuid4()

@@ -312,9 +312,9 @@ async def create_upload(request: Request, resources: ResourcesDep) -> dict[str, 
 
     upload_id = uuid.uuid4()
     reader = _UploadReader(upload_id, resources.storage, settings.upload_max_files)
-    parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
     received = 0
     try:
+        parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
         async for chunk in request.stream():
             received += len(chunk)
             if received > cap:
