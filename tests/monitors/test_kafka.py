@@ -5,19 +5,22 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import uuid
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from errands.config import Settings
+from errands.core import bus as bus_module
 from errands.core.bus import KafkaBus, kafka_options, open_bus
 from errands.monitors.results import CheckResult, encode_check
 from tests.fixtures.app import serve_app
@@ -65,6 +68,69 @@ async def test_the_kafka_bus_carries_batches_and_resumes_after_commit(
                 if len(seen) + len(rest) >= 35:
                     break
     assert sorted(seen + rest) == sorted(f"v{n}".encode() for n in range(35))
+
+
+async def forward(
+    client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter, to: str
+) -> None:
+    """Relay one connection to `to` (host:port) both ways until either side closes."""
+    host, port = to.rsplit(":", 1)
+    broker_reader, broker_writer = await asyncio.open_connection(host, int(port))
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    await asyncio.gather(pipe(client_reader, broker_writer), pipe(broker_reader, client_writer))
+
+
+async def test_a_sink_started_before_kafka_is_reachable_waits_for_it(
+    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bootstrap address answers only later (a relay to the broker, started late)."""
+    monkeypatch.setattr(bus_module, "CONNECT_RETRY_S", 0.1)
+    async with open_bus(kafka_settings) as bus:
+        await bus.publish(b"k", b"early")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        late_port = probe.getsockname()[1]
+    late = kafka_settings.model_copy(update={"kafka_bootstrap_servers": f"127.0.0.1:{late_port}"})
+    real = str(kafka_settings.kafka_bootstrap_servers)
+    stop = asyncio.Event()
+
+    with capture_logs() as logs:
+        async with open_bus(late) as bus:
+            batches = aclosing(bus.consume(stop, max_messages=10, linger_s=0.1))
+            async with batches as consumed:
+                first = asyncio.ensure_future(anext(consumed))
+
+                async def unreachable_logged() -> bool:
+                    assert not first.done(), "the consumer gave up"
+                    return any(log["event"] == "kafka_unreachable" for log in logs)
+
+                await wait_until(unreachable_logged, 10, "no failed attempt was logged")
+                relay = await asyncio.start_server(
+                    lambda r, w: forward(r, w, real), "127.0.0.1", late_port
+                )
+                async with relay:
+                    batch = await asyncio.wait_for(first, 30)
+                    assert [m.value for m in batch.messages] == [b"early"]
+                    stop.set()
+
+
+async def test_a_sink_that_cannot_reach_kafka_stops_when_told(
+    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bus_module, "CONNECT_RETRY_S", 0.1)
+    unreachable = kafka_settings.model_copy(update={"kafka_bootstrap_servers": "127.0.0.1:1"})
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.5, stop.set)
+    async with open_bus(unreachable) as bus:
+        batches = [batch async for batch in bus.consume(stop, max_messages=10, linger_s=0.1)]
+    assert batches == []
 
 
 async def test_end_to_end_from_monitor_to_uptime_through_kafka(

@@ -15,7 +15,12 @@ from typing import Any, Protocol
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.helpers import create_ssl_context
 
 from errands.config import Settings
@@ -28,6 +33,8 @@ log = structlog.get_logger(__name__)
 MEMORY_BUS_CAPACITY = 100_000
 # A topic this process creates is replicated to this many brokers, or all if there are fewer.
 MAX_REPLICATION_FACTOR = 3
+# A consumer that cannot reach Kafka tries again this often, as the sink does with its database.
+CONNECT_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -131,8 +138,8 @@ class KafkaBus:
         admin = AIOKafkaAdminClient(
             bootstrap_servers=self._servers, **kafka_options(self._settings)
         )
-        await admin.start()
         try:
+            await admin.start()
             if self._topic not in await admin.list_topics():
                 cluster = await admin.describe_cluster()
                 topic = NewTopic(
@@ -142,6 +149,8 @@ class KafkaBus:
                 )
                 with suppress(TopicAlreadyExistsError):
                     await admin.create_topics([topic])
+        except KafkaConnectionError:
+            raise  # Kafka itself is unreachable: nothing is known about the topic yet
         except KafkaError as error:
             log.warning("kafka_topic_not_created", topic=self._topic, error=repr(error))
         finally:
@@ -159,7 +168,11 @@ class KafkaBus:
                     linger_ms=5,
                     **kafka_options(self._settings),
                 )
-                await producer.start()
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
                 self._producer = producer
             return self._producer
 
@@ -171,20 +184,9 @@ class KafkaBus:
     async def consume(
         self, stop: asyncio.Event, *, max_messages: int, linger_s: float
     ) -> AsyncGenerator[Batch, None]:
-        await self._ensure_topic()
-        consumer = AIOKafkaConsumer(
-            self._topic,
-            bootstrap_servers=self._servers,
-            group_id=self._settings.kafka_group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=max_messages,
-            # A dead sink's partitions move to the others after this long without heartbeats.
-            session_timeout_ms=self._settings.kafka_session_timeout_ms,
-            heartbeat_interval_ms=self._settings.kafka_session_timeout_ms // 3,
-            **kafka_options(self._settings),
-        )
-        await consumer.start()
+        consumer = await self._started_consumer(stop, max_messages)
+        if consumer is None:
+            return
         try:
             while not stop.is_set():
                 fetched = await consumer.getmany(
@@ -205,6 +207,36 @@ class KafkaBus:
                 yield Batch(messages, commit=self._committer(consumer, offsets), lag=lag)
         finally:
             await consumer.stop()
+
+    async def _started_consumer(
+        self, stop: asyncio.Event, max_messages: int
+    ) -> AIOKafkaConsumer | None:
+        """A consumer of the group, started once Kafka answers; None when `stop` comes first."""
+        while not stop.is_set():
+            consumer = AIOKafkaConsumer(
+                self._topic,
+                bootstrap_servers=self._servers,
+                group_id=self._settings.kafka_group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=max_messages,
+                # A dead sink's partitions move to the others after this long without heartbeats.
+                session_timeout_ms=self._settings.kafka_session_timeout_ms,
+                heartbeat_interval_ms=self._settings.kafka_session_timeout_ms // 3,
+                **kafka_options(self._settings),
+            )
+            try:
+                await self._ensure_topic()
+                await consumer.start()
+                return consumer
+            except BaseException as error:
+                await consumer.stop()
+                if not isinstance(error, KafkaConnectionError):
+                    raise
+                log.warning("kafka_unreachable", servers=self._servers, error=str(error))
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CONNECT_RETRY_S)
+        return None
 
     @staticmethod
     def _committer(
