@@ -73,6 +73,35 @@ async def test_every_api_route_refuses_a_request_without_a_key(guarded: RunningA
         assert "Authorization: Bearer" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "POST"])
+async def test_no_spelling_of_a_path_gets_past_the_key_check(
+    guarded: RunningApp, method: str
+) -> None:
+    spellings = [
+        "/stats/",
+        "//stats",
+        "/%73tats",
+        "/STATS",
+        "/./stats",
+        "/healthz/../stats",
+        "/healthz/%2e%2e/stats",
+        "/metrics/../stats",
+        "/healthz;/stats",
+        "/stats%00",
+        "http://elsewhere/stats",
+    ]
+    host, port = guarded.base_url.removeprefix("http://").split(":")
+
+    for target in spellings:
+        # Sent as written: an HTTP client would normalise most of these before sending.
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        status_line = (await reader.readline()).decode()
+        writer.close()
+
+        assert status_line.split()[1] == "401", (method, target, status_line)
+
+
 async def test_health_readiness_metrics_and_docs_stay_open(guarded: RunningApp) -> None:
     for path in OPEN_PATHS:
         response = await guarded.client.get(path)
