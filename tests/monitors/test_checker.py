@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from errands.core.bus import MemoryBus
 from errands.core.db import Pool
@@ -54,6 +55,19 @@ async def test_the_page_is_decoded_with_its_charset(
     )
     result = await check_site(resources.http, monitor(url, regex="Café"), regex_timeout_s=1)
     assert result.regex_matched is True
+
+
+@pytest.mark.parametrize("charset", ["no-such-charset", "idna", "punycode", "undefined"])
+async def test_a_charset_that_cannot_decode_the_page_falls_back_to_utf8(
+    resources: Resources, target_server: TargetServer, charset: str
+) -> None:
+    url = target_server.route(
+        f"/{charset}",
+        body="Café \xff ouvert".encode(),
+        content_type=f"text/html; charset={charset}",
+    )
+    result = await check_site(resources.http, monitor(url, regex="Café"), regex_timeout_s=1)
+    assert (result.regex_matched, result.up) == (True, True)
 
 
 async def test_the_regex_only_sees_the_first_mebibyte(

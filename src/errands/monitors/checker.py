@@ -56,7 +56,8 @@ def _charset(content_type: str | None) -> str:
 def _decoded(body: bytes, content_type: str | None) -> str:
     try:
         return body.decode(_charset(content_type), errors="replace")
-    except LookupError:  # a charset Python does not know
+    # A charset Python does not know, or one of its codecs that cannot replace bad bytes.
+    except (LookupError, UnicodeError):
         return body.decode("utf-8", errors="replace")
 
 
