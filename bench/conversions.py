@@ -21,7 +21,6 @@ in a private mount namespace where that temporary policy is bind-mounted over th
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -34,7 +33,8 @@ from pathlib import Path
 import pyvips
 
 from errands.config import Settings
-from errands.conversions.supervisor import child_command, child_environment
+from errands.conversions.convert import job_to_json
+from errands.conversions.supervisor import child_command, child_environment, child_job
 
 MAX_SIDE = 3500
 PDF_DPI = 150
@@ -170,21 +170,15 @@ def measure(
 
 
 def errands_run(sample: Sample, out_dir: Path) -> Run:
-    job = {
-        "source": str(sample.path),
-        "kind": sample.kind,
-        "out_dir": str(out_dir),
-        "limits": {
-            "max_side": MAX_SIDE,
-            "pdf_dpi": PDF_DPI,
-            "max_pixels": 250_000_000,
-            "max_pdf_pages": 500,
-        },
-        "memory_limit_bytes": CHILD_MEMORY_MB * 1024 * 1024,
-    }
     # Started as the supervisor starts its children; one at a time here, as ImageMagick runs.
-    env = child_environment(Settings(conversion_workers=1))
-    run = measure(child_command(), json.dumps(job).encode(), env)
+    settings = Settings(
+        conversion_workers=1,
+        conversion_max_side=MAX_SIDE,
+        pdf_dpi=PDF_DPI,
+        conversion_child_memory_mb=CHILD_MEMORY_MB,
+    )
+    job = child_job(settings, sample.path, sample.kind, out_dir)
+    run = measure(child_command(), job_to_json(job).encode(), child_environment(settings))
     return Run(run.seconds, run.peak_rss_bytes, len(list(out_dir.glob("*.png"))))
 
 

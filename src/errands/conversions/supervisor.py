@@ -27,6 +27,7 @@ __all__ = [
     "MAX_ATTEMPTS",
     "child_command",
     "child_environment",
+    "child_job",
     "convert_uploaded_files",
     "run_child",
 ]
@@ -173,9 +174,9 @@ def child_environment(settings: Settings) -> dict[str, str]:
     }
 
 
-async def run_child(settings: Settings, source: Path, kind: str, out_dir: Path) -> Outcome:
-    """Convert `source` into `out_dir` in a new child process and say how it went."""
-    job = Job(
+def child_job(settings: Settings, source: Path, kind: str, out_dir: Path) -> Job:
+    """What a conversion child is asked to do, within the limits `settings` set."""
+    return Job(
         source=str(source),
         kind=kind,  # type: ignore[arg-type]
         out_dir=str(out_dir),
@@ -187,6 +188,11 @@ async def run_child(settings: Settings, source: Path, kind: str, out_dir: Path) 
         ),
         memory_limit_bytes=settings.conversion_child_memory_mb * 1024 * 1024,
     )
+
+
+async def run_child(settings: Settings, source: Path, kind: str, out_dir: Path) -> Outcome:
+    """Convert `source` into `out_dir` in a new child process and say how it went."""
+    job = child_job(settings, source, kind, out_dir)
     child = await asyncio.create_subprocess_exec(
         *child_command(),
         stdin=asyncio.subprocess.PIPE,
