@@ -198,3 +198,22 @@ async def test_without_drain_the_listener_closes_but_the_request_in_flight_finis
 
     assert title.status_code == 200 and "Slow" in title.text
     assert exit_code == 0, plain_server.log.read_text()[-3000:]
+
+
+async def test_a_second_sigterm_stops_at_once(
+    draining_server: Server, target_server: TargetServer
+) -> None:
+    slow_page = target_server.route("/slow", delay_s=60, body=b"<title>Slow</title>")
+    async with fresh_connections(draining_server.base_url) as client:
+        slow_title = asyncio.create_task(client.post("/titles", json={"domains": [slow_page]}))
+        await wait_for_hit(target_server, "/slow")
+        draining_server.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        second_at = time.monotonic()
+        draining_server.process.send_signal(signal.SIGTERM)
+
+        await asyncio.wait_for(draining_server.process.wait(), DRAIN_S + GRACE_S + 10)
+        slow_title.cancel()
+
+    # Neither the drain nor the grace given to the request in flight was waited for.
+    assert time.monotonic() - second_at < min(DRAIN_S, GRACE_S)

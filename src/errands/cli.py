@@ -52,7 +52,8 @@ class DrainingServer(uvicorn.Server):
     a load balancer stops sending traffic before the listener closes; then it stops as usual:
     in-flight requests finish (within the graceful timeout) and the lifespan stops the loops.
 
-    A SIGTERM-initiated stop exits with status 0; a second signal stops at once.
+    A SIGTERM-initiated stop exits with status 0. A second signal stops at once: requests in
+    flight are dropped and leases are left to expire.
     """
 
     def __init__(self, config: uvicorn.Config, app: FastAPI, drain_s: float) -> None:
@@ -63,10 +64,14 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.app.state.draining = True
-        if sig == signal.SIGTERM and self.drain_until is None and not self.should_exit:
-            # Not recorded in uvicorn's captured signals, which it re-raises after shutting down.
-            self.drain_until = time.monotonic() + self.drain_s
-            return
+        if self.drain_until is None and not self.should_exit:
+            if sig == signal.SIGTERM:
+                # Not recorded in uvicorn's captured signals, which it re-raises after stopping.
+                self.drain_until = time.monotonic() + self.drain_s
+                return
+        else:
+            # uvicorn itself forces only on a second SIGINT.
+            self.force_exit = True
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
