@@ -195,6 +195,21 @@ async def test_an_upload_over_the_cap_is_refused_and_nothing_is_kept(
     assert await count_rows(database_url) == (0, 0)
 
 
+async def test_an_upload_of_too_many_files_is_refused_and_nothing_is_kept(
+    settings: Settings, database_url: str
+) -> None:
+    two_at_most = settings.model_copy(update={"upload_max_files": 2})
+    async with serve_app(two_at_most) as app:
+        response = await app.client.post(
+            "/uploads",
+            files=[("files", (f"{n}.png", samples.png(8, 8), "image/png")) for n in range(3)],
+        )
+    assert response.status_code == 413
+    assert response.json() == {"detail": "too many files: at most 2 per upload"}
+    assert stored_files(settings) == []
+    assert await count_rows(database_url) == (0, 0)
+
+
 async def test_requests_that_are_not_file_uploads_get_a_clear_400(api: httpx.AsyncClient) -> None:
     not_multipart = await api.post("/uploads", json={"files": []})
     assert not_multipart.status_code == 400
