@@ -1,6 +1,7 @@
 """Title extraction matches what a browser shows as `document.title`, whatever the bytes."""
 
 import codecs
+import time
 
 import pytest
 
@@ -45,6 +46,8 @@ def read_title(body: bytes, content_type: str | None = "text/html", chunk: int =
         (b"<a href='x>y' title=\"<title>\">link</a><title>After quotes</title>", "After quotes"),
         (b"<img alt=a>b src=x><title>Unquoted</title>", "Unquoted"),
         (b'<a "odd" x= ><title>Odd attributes</title>', "Odd attributes"),
+        (b"<div =x><title>Name starts with =</title>", "Name starts with ="),
+        (b'<a x="never closed <title>inside the value</title>', None),
         (b"<?xml version='1.0'?><!DOCTYPE html><title>Declared</title>", "Declared"),
         (b"<!-- a --!><title>Bang comment end</title>", "Bang comment end"),
         (b"<!--><title>Empty comment</title>", "Empty comment"),
@@ -156,3 +159,12 @@ def test_markup_cut_by_a_read_is_read_whole(chunks: list[bytes], title: str) -> 
     for chunk in chunks:
         reader.feed(chunk)
     assert reader.title() == title
+
+
+@pytest.mark.parametrize("unit", [b"<a", b"</a", b'<a x="'])
+def test_a_page_of_tags_left_open_is_read_in_linear_time(unit: bytes) -> None:
+    body = unit * (1024 * 1024 // len(unit))
+    started = time.perf_counter()
+
+    assert read_title(body, "text/html; charset=utf-8", chunk=64 * 1024) is None
+    assert time.perf_counter() - started < 1.0

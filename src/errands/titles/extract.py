@@ -56,13 +56,14 @@ _RAW_TEXT_ELEMENTS = frozenset(
 _FOREIGN_ELEMENTS = frozenset({"svg", "math"})
 
 # The pieces of the HTML tokenizer a title needs. In a start tag, a quote opens a quoted value
-# only right after "=", as in the tokenizer; possessive repeats keep matching linear.
+# only right after "=", and an attribute name may begin with "=", as in the tokenizer; so a
+# start tag fails to match only while it is still open. Possessive repeats keep matching linear.
 _START_TAG = re.compile(
     r"""<([a-zA-Z][^\t\n\f\r />]*+)"""
     r"""(?:[\t\n\f\r /]++"""
-    r"""|[^\t\n\f\r />=][^\t\n\f\r /=>]*+"""
+    r"""|[^\t\n\f\r />][^\t\n\f\r /=>]*+"""
     r"""(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+"""
-    r"""(?:"[^"]*+"|'[^']*+'|[^\t\n\f\r >"'][^\t\n\f\r >]*+|(?=>)))?+)*+>"""
+    r"""(?:"[^"]*+"|'[^']*+'|[^\t\n\f\r >"'][^\t\n\f\r >]*+|(?=>))|(?![\t\n\f\r ]*+=)))*+>"""
 )
 _END_TAG = re.compile(r"</([a-zA-Z][^\t\n\f\r />]*+)[^>]*+>")
 _BOGUS_COMMENT = re.compile(r"<(?:[!?]|/[^a-zA-Z])")
@@ -70,7 +71,7 @@ _MARKUP_START = re.compile(r"</?[a-zA-Z]")
 _COMMENT_END = re.compile(r"--!?>")
 _RAW_TEXT_ENDS: dict[str, "re.Pattern[str]"] = {}
 FEED_SLICE_BYTES = 8 * 1024
-# A "<" followed by this much text without a tag's end is text, not an unfinished tag.
+# A tag still open after this much text is given up (see _TitleScanner._markup_end).
 MAX_TAG_CHARS = 64 * 1024
 
 
@@ -185,9 +186,11 @@ class _TitleScanner:
             return len(text) if final else None
         if not _MARKUP_START.match(text, start):
             return start + 1  # a "<" that starts no markup is text
-        # A tag not closed yet, unless it has run on so long that it is not a tag at all.
+        # A tag still open. In a browser it runs to the end of the page; one open this long is
+        # given up, its first MAX_TAG_CHARS read as text, so no page makes the reader go over the
+        # same text again for every "<" in it.
         if final or len(text) - start > MAX_TAG_CHARS:
-            return start + 1
+            return min(start + MAX_TAG_CHARS, len(text))
         return None
 
     def _open(self, name: str, *, self_closing: bool) -> None:
