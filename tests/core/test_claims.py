@@ -6,10 +6,11 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from errands.core import claims
 from errands.core.claims import ClaimQueue, Row, run_claim_loop
-from errands.core.db import Pool
+from errands.core.db import Pool, open_pool
 
 CREATE_JOBS = """
     CREATE TABLE jobs (
@@ -219,3 +220,135 @@ async def test_a_row_due_soon_is_claimed_when_due_without_a_notify(
     stop_event.set()
     await loop
     assert 0 <= fired_late_by[0] < 1.0, "slept until the row was due, not a whole poll"
+
+
+CUT_CLAIMER_CONNECTIONS = """
+    SELECT count(pg_terminate_backend(pid)) AS n
+      FROM pg_stat_activity
+     WHERE application_name = 'claimer'
+"""
+
+LEASE_STATE = "SELECT lease_owner, lease_until > now() AS held FROM jobs"
+
+
+@pytest.fixture
+def claimer_url(database_url: str) -> str:
+    """The test database, under a name that lets a test cut the claimer's connections only."""
+    return make_conninfo(database_url, application_name="claimer")
+
+
+async def cut_claimer_connections(pool: Pool) -> None:
+    """What a database restart or a network blip does to the claimer's open connections."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(CUT_CLAIMER_CONNECTIONS)
+        row = await cursor.fetchone()
+    assert row is not None and row["n"] > 0
+
+
+async def test_the_loop_outlives_a_database_outage(
+    jobs: Pool, claimer_url: str, stop_event: asyncio.Event
+) -> None:
+    handled = asyncio.Event()
+
+    async def handle(row: Row) -> None:
+        async with claimer_pool.connection() as conn:
+            await conn.execute(FINISH_JOB, {"owner": "me", "id": row["id"]})
+        handled.set()
+
+    async with open_pool(claimer_url, max_size=4) as claimer_pool:
+        loop = asyncio.create_task(
+            run_claim_loop(job_queue(), claimer_pool, claimer_url, handle, stop_event, owner="me")
+        )
+        await asyncio.sleep(0.5)  # the claimer is polling an empty table
+        await cut_claimer_connections(jobs)
+        await asyncio.sleep(0.5)  # its next claim meets a dead connection
+        assert not loop.done(), "the loop ended on a lost connection"
+
+        await add_due_jobs(jobs, 1)
+        await asyncio.wait_for(handled.wait(), 10)
+        stop_event.set()
+        await asyncio.wait_for(loop, 10)
+
+
+async def test_leases_are_renewed_while_a_handler_runs_longer_than_the_lease(
+    jobs: Pool, claimer_url: str, stop_event: asyncio.Event
+) -> None:
+    await add_due_jobs(jobs, 1)
+    # One row in flight fills the claimer, so its renewals are all it asks of the database.
+    queue = job_queue(lease=timedelta(seconds=1.2), max_in_flight=1)
+    started = asyncio.Event()
+
+    async def handle_slowly(row: Row) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    async with open_pool(claimer_url, max_size=4) as claimer_pool:
+        loop = asyncio.create_task(
+            run_claim_loop(queue, claimer_pool, claimer_url, handle_slowly, stop_event,
+                           owner="me", grace_s=0.1)
+        )  # fmt: skip
+        await asyncio.wait_for(started.wait(), 10)
+        await cut_claimer_connections(jobs)  # the next renewal fails; the one after gets through
+        for _ in range(10):
+            await asyncio.sleep(0.3)
+            assert await queue.claim(jobs, "other", 1) == [], "the row was taken from its claimer"
+        stop_event.set()
+        await asyncio.wait_for(loop, 10)
+
+
+async def test_leases_are_renewed_while_handlers_finish_after_stop(
+    jobs: Pool, database_url: str
+) -> None:
+    await add_due_jobs(jobs, 1)
+    queue = job_queue(lease=timedelta(seconds=0.6))
+    started = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def finish_within_the_grace(row: Row) -> None:
+        started.set()
+        await stop.wait()
+        await asyncio.sleep(1.5)  # longer than the lease, shorter than the grace
+        async with jobs.connection() as conn:
+            await conn.execute(FINISH_JOB, {"owner": "me", "id": row["id"]})
+
+    loop = asyncio.create_task(
+        run_claim_loop(queue, jobs, database_url, finish_within_the_grace, stop, owner="me",
+                       grace_s=10)
+    )  # fmt: skip
+    await asyncio.wait_for(started.wait(), 10)
+    stop.set()
+    taken = []
+    while not loop.done():
+        taken += await queue.claim(jobs, "other", 1)
+        await asyncio.sleep(0.1)
+    await loop
+
+    assert taken == [], "the row was claimed again while its claimer was finishing it"
+    async with jobs.connection() as conn:
+        row = await (await conn.execute("SELECT done_by FROM jobs")).fetchone()
+    assert row == {"done_by": "me"}
+
+
+async def test_stop_during_a_database_outage_ends_cleanly(jobs: Pool, claimer_url: str) -> None:
+    await add_due_jobs(jobs, 1)
+    started = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def handle_slowly(row: Row) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    async with open_pool(claimer_url, max_size=4) as claimer_pool:
+        loop = asyncio.create_task(
+            run_claim_loop(job_queue(), claimer_pool, claimer_url, handle_slowly, stop,
+                           owner="me", grace_s=0.5)
+        )  # fmt: skip
+        await asyncio.wait_for(started.wait(), 10)
+        stop.set()
+        await asyncio.sleep(0.1)  # the loop gives its handler the grace
+        await cut_claimer_connections(jobs)
+        await asyncio.wait_for(loop, 10)  # the release fails; the lease runs out instead
+
+    async with jobs.connection() as conn:
+        row = await (await conn.execute(LEASE_STATE)).fetchone()
+    assert row == {"lease_owner": "me", "held": True}

@@ -3,9 +3,10 @@
 A claimable table has `id uuid`, `due_at timestamptz` (NULL: nothing to do), `lease_owner text`
 and `lease_until timestamptz`. A worker claims due rows whose lease is free or expired, runs each
 one in its own task, renews the leases it holds while they run, and on stop releases what it did
-not finish. The feature's handler ends a row's work with its own SQL (setting `due_at` to NULL or
-to the next time) guarded by `lease_owner = owner`, so a worker that lost its lease writes nothing.
-Delivery is therefore at-least-once, with the row id as the idempotency key.
+not finish; a database that is briefly unreachable is waited out. The feature's handler ends a
+row's work with its own SQL (setting `due_at` to NULL or to the next time) guarded by
+`lease_owner = owner`, so a worker that lost its lease writes nothing. Delivery is therefore
+at-least-once, with the row id as the idempotency key.
 """
 
 import asyncio
@@ -29,6 +30,10 @@ Row = dict[str, Any]
 Handler = Callable[[Row], Awaitable[None]]
 
 log = structlog.get_logger(__name__)
+
+# After a failed claim (the database restarting, a network blip): 0.5 s, 1 s, 2 s, 4 s, 5 s ...
+CLAIM_RETRY_BASE_S = 0.5
+CLAIM_RETRY_MAX_S = 5.0
 
 CLAIM_DUE = """
     UPDATE {table}
@@ -153,8 +158,9 @@ async def run_claim_loop(
 ) -> None:
     """Claim due rows and run `handle` on each, at most `max_in_flight` at once, until `stop`.
 
-    On stop: claim nothing more, give running handlers `grace_s` to finish, then cancel the rest
-    and release their leases so another worker takes them at once.
+    A claim that fails for want of the database is tried again after a short back-off. On stop:
+    claim nothing more, give running handlers `grace_s` to finish (their leases still renewed),
+    then cancel the rest and release their leases so another worker takes them at once.
     """
     owner = owner or new_owner()
     wakeup = _Wakeup(url, queue.channel)
@@ -171,11 +177,17 @@ async def run_claim_loop(
     async def renew_leases() -> None:
         while True:
             await asyncio.sleep(queue.lease.total_seconds() / 3)
-            if running:
+            if not running:
+                continue
+            try:
                 await queue.renew(pool, owner, list(running.values()))
+            except psycopg.OperationalError as error:
+                # The leases last two more rounds: the next renewal may find the database back.
+                log.warning("lease_renewal_failed", table=queue.table, error=str(error))
 
     listener = asyncio.create_task(wakeup.listen(), name=f"listen:{queue.channel}")
     renewer = asyncio.create_task(renew_leases(), name=f"renew:{queue.table}")
+    failed_claims = 0
     try:
         while not stop.is_set():
             wakeup.event.clear()
@@ -184,7 +196,15 @@ async def run_claim_loop(
                 await _first_of([*running, stop.wait()])
                 continue
             limit = min(free, queue.batch_size)
-            rows = await queue.claim(pool, owner, limit)
+            try:
+                rows = await queue.claim(pool, owner, limit)
+            except psycopg.OperationalError as error:
+                failed_claims += 1
+                delay_s = _claim_retry_delay_s(failed_claims)
+                log.warning("claim_failed", table=queue.table, error=str(error), retry_in_s=delay_s)
+                await _first_of([stop.wait()], within_s=delay_s)
+                continue
+            failed_claims = 0
             for row in rows:
                 task = asyncio.create_task(run_one(row), name=f"{queue.table}:{row['id']}")
                 running[task] = row["id"]
@@ -193,8 +213,15 @@ async def run_claim_loop(
                 await _sleep_until_work(queue, pool, wakeup.event, stop)
     finally:
         listener.cancel()
-        renewer.cancel()
+        # Renewing goes on while handlers finish within the grace: a lease that ran out would
+        # let another worker start the same row.
         await _finish_or_release(queue, pool, owner, running, grace_s)
+        renewer.cancel()
+        await asyncio.gather(listener, renewer, return_exceptions=True)
+
+
+def _claim_retry_delay_s(failed_claims: int) -> float:
+    return min(CLAIM_RETRY_BASE_S * 2.0 ** min(failed_claims - 1, 8), CLAIM_RETRY_MAX_S)
 
 
 async def _first_of(awaitables: list[Awaitable[Any]], within_s: float | None = None) -> None:
@@ -216,7 +243,10 @@ async def _sleep_until_work(
 ) -> None:
     """Sleep until the next row is due, a NOTIFY arrives, the poll interval passes, or stop."""
     delay = queue.poll_interval_s
-    next_due = await queue.seconds_until_next_due(pool)
+    try:
+        next_due = await queue.seconds_until_next_due(pool)
+    except psycopg.OperationalError:
+        next_due = None  # the claim that follows meets the same trouble, and backs off
     if next_due is not None:
         delay = min(delay, next_due)
     # A due row we could not claim is locked by another worker's claim: look again shortly.
@@ -236,6 +266,14 @@ async def _finish_or_release(
     for task in unfinished:
         task.cancel()
     await asyncio.gather(*unfinished, return_exceptions=True)
-    if unfinished:
+    if not unfinished:
+        return
+    try:
         await queue.release(pool, owner, list(unfinished.values()))
-        log.info("leases_released", table=queue.table, count=len(unfinished))
+    except psycopg.OperationalError as error:
+        # Stopping still succeeds: the leases run out and another worker takes the rows then.
+        log.warning(
+            "leases_not_released", table=queue.table, count=len(unfinished), error=str(error)
+        )
+        return
+    log.info("leases_released", table=queue.table, count=len(unfinished))
