@@ -218,6 +218,22 @@ async def test_a_site_that_never_closes(capped: RunningApp, target_server: Targe
     assert took_s <= CAP_S + SLACK_S
 
 
+async def test_pages_costly_to_read_do_not_hold_the_answer_past_the_cap(
+    capped: RunningApp, target_server: TargetServer
+) -> None:
+    # Reading the title is CPU work: together these pages take seconds, far beyond the cap.
+    busy = b"<p>" * (256 * 1024)
+    urls = [target_server.route(f"/busy{n}", chunks=[busy], content_type=HTML) for n in range(30)]
+
+    started = time.monotonic()
+    response = await post_titles(capped.client, urls)
+    took_s = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert took_s <= CAP_S + SLACK_S
+    assert {result["status"] for result in response.json()["results"]} <= {"timeout", "no_title"}
+
+
 async def test_a_title_trickling_in_is_read_as_it_arrives(
     capped: RunningApp, target_server: TargetServer
 ) -> None:

@@ -26,6 +26,7 @@ RESPONSE_MARGIN_S = 0.1
 # Cancelled fetches only close sockets; those not closed within this finish in the background.
 CANCEL_GRACE_S = 0.05
 ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"
+READ_BYTES = 8 * 1024
 # Errors after which the plain-http try for a bare domain cannot fare better.
 _FINAL_KINDS = frozenset({"blocked", "dns", "redirect", "timeout"})
 
@@ -112,9 +113,7 @@ async def _fetch_title(
     page: PageTitle | None = None
     for url in target.urls:
         try:
-            page = await _read_title(
-                client, url, timeout_s=deadline - time.monotonic(), max_body_bytes=max_body_bytes
-            )
+            page = await _read_title(client, url, deadline=deadline, max_body_bytes=max_body_bytes)
         except OutboundError as error:
             status: TitleStatus = "timeout" if error.kind == "timeout" else "error"
             page = _page(url, None, status, str(error))
@@ -127,10 +126,10 @@ async def _fetch_title(
 
 
 async def _read_title(
-    client: GuardedClient, url: str, *, timeout_s: float, max_body_bytes: int
+    client: GuardedClient, url: str, *, deadline: float, max_body_bytes: int
 ) -> PageTitle:
     async with client.stream(
-        "GET", url, headers={"Accept": ACCEPT}, timeout_s=timeout_s
+        "GET", url, headers={"Accept": ACCEPT}, timeout_s=deadline - time.monotonic()
     ) as response:
         final_url = str(response.url)
         if response.status >= 400:
@@ -143,10 +142,14 @@ async def _read_title(
         read = 0
         try:
             while read < max_body_bytes:
-                chunk = await response.content.readany()
+                # Reading the title is CPU work that no timeout can interrupt: small reads and a
+                # look at the clock before each keep many busy pages from holding the answer
+                # past the cap.
+                if time.monotonic() >= deadline:
+                    raise OutboundError(f"{response.url.host} timed out", kind="timeout")
+                chunk = await response.content.read(min(READ_BYTES, max_body_bytes - read))
                 if not chunk:
                     break
-                chunk = chunk[: max_body_bytes - read]
                 read += len(chunk)
                 if reader.feed(chunk):
                     break
