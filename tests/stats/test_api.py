@@ -144,6 +144,22 @@ async def test_old_minutes_fold_into_days_without_changing_totals(pool: Pool) ->
     assert rows[0]["minute"] == old.replace(hour=0, minute=0)
 
 
+async def test_last_hour_leaves_out_older_minutes(settings: Settings, pool: Pool) -> None:
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    async with pool.connection() as conn:
+        await add_minutes(conn, "earlier", [totals("/a", now - timedelta(minutes=90), [400])])
+        await add_minutes(conn, "earlier", [totals("/a", now - timedelta(minutes=3), [10, 20])])
+
+    async with serve_app(settings) as app:
+        stats = (await app.client.get("/stats")).json()
+
+    since_start = by_route(stats["since_start"])[("GET", "/a")]
+    last_hour = by_route(stats["last_hour"])[("GET", "/a")]
+    assert (since_start["count"], since_start["avg_ms"]) == (3, 143.33)
+    assert (last_hour["count"], last_hour["avg_ms"]) == (2, 15.0)
+    assert last_hour["p99_ms"] < 25 < 380 < since_start["p99_ms"]
+
+
 def start_api(database_url: str, port: int) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
