@@ -59,6 +59,24 @@ async def test_a_monitor_is_created_listed_read_changed_and_deleted(
             {"url": "https://example.com/", "interval_s": 60, "method": "HEAD", "regex": "x"},
             "a regex needs method GET",
         ),
+        # Each would be unrolled into 100,000 copies when compiled (and "x{4294967294}" into
+        # more than the memory of the machine).
+        (
+            {"url": "https://example.com/", "interval_s": 60, "regex": "x{100000}"},
+            "repeat counts are too large",
+        ),
+        (
+            {"url": "https://example.com/", "interval_s": 60, "regex": "(?:(?:x{100}){10}){100}"},
+            "repeat counts are too large",
+        ),
+        (
+            {"url": "https://example.com/", "interval_s": 60, "regex": "(?x) x{100 000}"},
+            "repeat counts are too large",
+        ),
+        (
+            {"url": "https://example.com/", "interval_s": 60, "regex": "(?x) x{1#}\n00000}"},
+            "a comment inside a repeat count",
+        ),
         ({"url": "https://example.com/", "interval_s": 10, "timeout_s": 20}, "timeout_s"),
         ({"url": "https://example.com/", "interval_s": 60, "timeout_s": 0}, "greater than 0"),
         ({"interval_s": 60}, "url"),
@@ -71,6 +89,15 @@ async def test_invalid_monitors_are_refused_with_a_clear_reason(
     assert response.status_code == 422
     assert detail in str(response.json()["detail"])
     assert (await api.get("/monitors")).json() == []
+
+
+@pytest.mark.parametrize(
+    "pattern", [r"\d{4}-\d{2}-\d{2}", ".{1000}", "a{0,100000}", "(?x) \\# x{5}"]
+)
+async def test_ordinary_repeats_are_accepted(api: httpx.AsyncClient, pattern: str) -> None:
+    body = {"url": "https://example.com/", "interval_s": 60, "regex": pattern}
+    response = await api.post("/monitors", json=body)
+    assert response.status_code == 201, response.text
 
 
 async def test_a_blocked_address_is_refused_when_private_targets_are_not_allowed(

@@ -40,12 +40,31 @@ ROLLUP_WINDOW = timedelta(days=1)
 Method = Literal["GET", "HEAD"]
 
 
+# The regex module unrolls a repeat into as many copies as its minimum count, a few hundred
+# bytes each: "x{4294967294}" alone would take more memory than the machine has. A pattern may
+# hold at most this many copies, counted generously as its length times the product of all its
+# minimum repeat counts (each at least 1), which bounds any nesting of repeats.
+MAX_REGEX_COPIES = 10_000
+REPEAT = re.compile(r"\{(\d+)(?:,\d*)?\}")
+# In verbose mode, (?x), a repeat count may hold whitespace and even a comment.
+COMMENT_IN_REPEAT = re.compile(r"\{[\d,]*#")
+
+
 def _valid_regex(pattern: str | None) -> str | None:
-    if pattern is not None:
-        try:
-            regex.compile(pattern)
-        except regex.error as error:
-            raise ValueError(f"invalid regex: {error}") from None
+    if pattern is None:
+        return None
+    unspaced = "".join(char for char in pattern if not char.isspace())
+    if COMMENT_IN_REPEAT.search(unspaced):
+        raise ValueError("invalid regex: a comment inside a repeat count")
+    copies = len(pattern)
+    for minimum in REPEAT.findall(unspaced):
+        copies *= max(int(minimum), 1)
+        if copies > MAX_REGEX_COPIES:
+            raise ValueError("invalid regex: its repeat counts are too large")
+    try:
+        regex.compile(pattern)
+    except regex.error as error:
+        raise ValueError(f"invalid regex: {error}") from None
     return pattern
 
 
