@@ -3,7 +3,7 @@
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -22,12 +22,14 @@ class Delivery:
 
 
 class Receiver:
-    """Answers each request with the next status of `answers` (then 200), after `delay_s`."""
+    """Answers each request with the next status of `answers` (then 200), after `delay_s` and
+    after awaiting `on_delivery(timer id)` when one is set."""
 
     def __init__(self) -> None:
         self.deliveries: list[Delivery] = []
         self.answers: list[int] = []
         self.delay_s = 0.0
+        self.on_delivery: Callable[[str], Awaitable[None]] | None = None
         self.port = 0
         self._arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -57,6 +59,8 @@ class Receiver:
         payload = await request.json()
         self.deliveries.append(Delivery(payload["id"], request.headers, body, time.time()))
         self._arrived.set()
+        if self.on_delivery is not None:
+            await self.on_delivery(payload["id"])
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         status = self.answers.pop(0) if self.answers else 200

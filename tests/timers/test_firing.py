@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from psycopg.conninfo import make_conninfo
 
 from errands.config import Settings
 from errands.core.db import Pool
@@ -153,6 +154,36 @@ async def test_slow_receivers_time_out_and_are_retried(
     assert timer["status"] == "failed"
     assert "timed out" in timer["last_error"]
     assert len(receiver.deliveries) == 2
+
+
+async def test_a_delivered_webhook_is_recorded_through_a_database_hiccup(
+    settings: Settings, receiver: Receiver, pool: Pool
+) -> None:
+    # The firer's statements give up after 100 ms waiting for a lock, as on a lost connection.
+    assert settings.database_url is not None
+    impatient_url = make_conninfo(settings.database_url, options="-c lock_timeout=100")
+    impatient = settings.model_copy(update={"database_url": impatient_url, "timer_lease_s": 3.0})
+    holding: list[asyncio.Task[None]] = []
+
+    async def hold_the_row(timer_id: str, locked: asyncio.Event) -> None:
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT 1 FROM timers WHERE id = %s FOR UPDATE", (timer_id,))
+            locked.set()
+            await asyncio.sleep(0.5)
+
+    async def lock_the_first_delivery(timer_id: str) -> None:
+        if not holding:
+            locked = asyncio.Event()
+            holding.append(asyncio.create_task(hold_the_row(timer_id, locked)))
+            await locked.wait()
+
+    receiver.on_delivery = lock_the_first_delivery
+    async with serve_app(impatient, loops=["timers"]) as running:
+        created = (await running.client.post("/timer", json={"url": receiver.url})).json()
+        await wait_for_status(pool, created["id"], {"fired"})
+    await asyncio.gather(*holding)
+
+    assert receiver.counts() == {created["id"]: 1}, "recorded, so not sent a second time"
 
 
 async def test_private_targets_fail_with_a_clear_error_unless_allowed(

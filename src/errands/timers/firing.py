@@ -12,9 +12,10 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 import psycopg
 import structlog
@@ -41,6 +42,11 @@ SIGNATURE_HEADER = "Errands-Signature"
 PENDING_COUNT_INTERVAL_S = 5.0
 # Receivers answer a webhook with a short acknowledgement; nothing more of it is kept.
 MAX_RESPONSE_BYTES = 1024
+# Recording an outcome when the database is briefly unreachable: 0.5 s, 1 s, 2 s, 4 s, 5 s ...
+RECORD_RETRY_BASE_S = 0.5
+RECORD_RETRY_MAX_S = 5.0
+
+Written = TypeVar("Written")
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
@@ -128,17 +134,40 @@ class _Firer:
         if outcome.result == "fired":
             # Delivered webhooks are recorded in batches: one UPDATE for all that finished
             # while the previous one ran.
-            if not await self._recorder.submit(store.FiredTimer(timer_id, sent_at)):
+            fired = store.FiredTimer(timer_id, sent_at)
+            if not await _until_written(timer_id, lambda: self._recorder.submit(fired)):
                 log.warning("timer_lease_lost_before_recording", id=str(timer_id))
         elif outcome.result == "retry":
             delay_s = retry_delay_s(
                 attempts, self._settings.timer_retry_base_s, self._settings.timer_retry_max_s
             )
-            await store.schedule_retry(pool, owner, timer_id, timedelta(seconds=delay_s), error)
+            delay = timedelta(seconds=delay_s)
+            await _until_written(
+                timer_id, lambda: store.schedule_retry(pool, owner, timer_id, delay, error)
+            )
             log.info("timer_retry_scheduled", id=str(timer_id), attempts=attempts, error=error)
         else:
-            await store.mark_failed(pool, owner, timer_id, outcome.error or "")
+            await _until_written(
+                timer_id, lambda: store.mark_failed(pool, owner, timer_id, outcome.error or "")
+            )
             log.warning("timer_failed", id=str(timer_id), attempts=attempts, error=outcome.error)
+
+
+async def _until_written(timer_id: uuid.UUID, write: Callable[[], Awaitable[Written]]) -> Written:
+    """Try `write` until the database takes it. An outcome left unrecorded would have the webhook
+    sent again when the lease runs out; the claim loop renews the lease meanwhile, and cancels
+    this on shutdown."""
+    failures = 0
+    while True:
+        try:
+            return await write()
+        except psycopg.OperationalError as error:
+            failures += 1
+            delay_s = retry_delay_s(failures, RECORD_RETRY_BASE_S, RECORD_RETRY_MAX_S)
+            log.warning(
+                "timer_record_failed", id=str(timer_id), error=str(error), retry_in_s=delay_s
+            )
+            await asyncio.sleep(delay_s)
 
 
 async def _count_pending(resources: Resources) -> None:
