@@ -5,6 +5,7 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, TypeVar
@@ -213,7 +214,9 @@ def revoke_key(
     if key is None:
         typer.echo(f"errands: no API key has the id {key_id}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"revoked {key.id} ({key.name}) at {key.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+    assert key.revoked_at is not None
+    revoked_at = key.revoked_at.astimezone(UTC)  # PostgreSQL answers in the session's zone
+    typer.echo(f"revoked {key.id} ({key.name}) at {revoked_at:%Y-%m-%d %H:%M:%S} UTC")
 
 
 @keys.command("list")

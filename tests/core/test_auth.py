@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -196,8 +197,11 @@ async def test_only_the_hash_of_a_key_is_stored(database_url: str) -> None:
     assert key.scopes == ["stats", "timers"]
 
 
-async def run_cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ERRANDS_DATABASE_URL": database_url}
+async def run_cli(
+    database_url: str, *args: str, pgtz: str = "UTC"
+) -> subprocess.CompletedProcess[str]:
+    # PGTZ: the session time zone PostgreSQL reports times in.
+    env = {**os.environ, "ERRANDS_DATABASE_URL": database_url, "PGTZ": pgtz}
     return await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "errands", "keys", *args],
@@ -230,6 +234,20 @@ async def test_keys_created_listed_and_revoked_from_the_command_line(
     assert listed.returncode == 0, listed.stderr
     assert re.search(rf"{key_id[1]}\s+errands_\S+\s+revoked\s+timers\s+billing", listed.stdout)
     assert secret[1] not in listed.stdout, "the key itself is shown only at creation"
+
+
+async def test_the_revocation_time_is_printed_in_utc_whatever_the_session_zone(
+    database_url: str,
+) -> None:
+    key, _ = await new_key(database_url, "timers")
+
+    revoked = await run_cli(database_url, "revoke", str(key.id), pgtz="Asia/Tokyo")
+
+    assert revoked.returncode == 0, revoked.stderr
+    printed = re.search(r" at (\S+ \S+) UTC$", revoked.stdout.strip())
+    assert printed, revoked.stdout
+    at = datetime.strptime(printed[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    assert abs(datetime.now(UTC) - at) < timedelta(minutes=5)
 
 
 async def test_the_command_line_refuses_bad_scopes_and_ids(database_url: str) -> None:
