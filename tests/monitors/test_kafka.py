@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 
 from errands.config import Settings
 from errands.core import bus as bus_module
-from errands.core.bus import KafkaBus, kafka_options, open_bus
+from errands.core.bus import KafkaBus, kafka_options, open_bus, producer_options
 from errands.monitors.results import CheckResult, encode_check
 from tests.fixtures.app import serve_app
 from tests.fixtures.targets import TargetServer
@@ -367,3 +367,11 @@ def test_a_client_key_that_does_not_match_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ssl.SSLError):
         kafka_options(settings)
+
+
+def test_the_producer_is_idempotent_unless_switched_off() -> None:
+    settings = Settings(kafka_bootstrap_servers="kafka.example.com:12345")
+    assert producer_options(settings)["enable_idempotence"] is True
+    assert producer_options(settings)["acks"] == "all"
+    switched_off = settings.model_copy(update={"kafka_enable_idempotence": False})
+    assert producer_options(switched_off)["enable_idempotence"] is False

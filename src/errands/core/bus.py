@@ -25,7 +25,16 @@ from aiokafka.helpers import create_ssl_context
 
 from errands.config import Settings
 
-__all__ = ["Batch", "Bus", "KafkaBus", "MemoryBus", "Message", "kafka_options", "open_bus"]
+__all__ = [
+    "Batch",
+    "Bus",
+    "KafkaBus",
+    "MemoryBus",
+    "Message",
+    "kafka_options",
+    "open_bus",
+    "producer_options",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +127,17 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def producer_options(settings: Settings) -> dict[str, Any]:
+    """Every message acknowledged by all in-sync replicas, and written once however often the
+    producer retries it unless idempotence is switched off (for brokers without it)."""
+    return {
+        "acks": "all",
+        "enable_idempotence": settings.kafka_enable_idempotence,
+        "linger_ms": 5,
+        **kafka_options(settings),
+    }
+
+
 class KafkaBus:
     """The producer starts on first publish and the consumer when `consume()` is iterated, so a
     process that only serves the API never connects to Kafka."""
@@ -162,11 +182,7 @@ class KafkaBus:
             if self._producer is None:
                 await self._ensure_topic()
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self._servers,
-                    acks="all",
-                    enable_idempotence=self._settings.kafka_enable_idempotence,
-                    linger_ms=5,
-                    **kafka_options(self._settings),
+                    bootstrap_servers=self._servers, **producer_options(self._settings)
                 )
                 try:
                     await producer.start()
