@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from errands.config import Settings
-from tests.fixtures.app import RunningApp, serve_app
+from tests.fixtures.app import RunningApp, raw_request, serve_app
 
 # Enough to try each route's edge cases in both modes while the whole run stays near a minute.
 EXAMPLES_PER_OPERATION = 40
@@ -211,20 +211,6 @@ async def test_json_the_database_cannot_store_gets_422_on_every_json_route(
             assert complaint in response.text, (method, path, response.text)
 
 
-async def raw_get(base_url: str, path: str) -> tuple[int, bytes]:
-    """GET `path` exactly as written: HTTP clients would resolve its dot segments first."""
-    host, port = base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), body
-
-
 @pytest.mark.parametrize(
     "path",
     [
@@ -248,7 +234,7 @@ async def test_traversal_paths_reach_nothing_outside_the_files(
 ) -> None:
     (settings.data_dir / "secret.txt").write_text("TOP SECRET")
 
-    status, body = await raw_get(guarded_app.base_url, path)
+    status, body = await raw_request(guarded_app.base_url, "GET", path)
 
     assert status in (400, 404, 422), (status, body)
     assert b"TOP SECRET" not in body
