@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from errands.cli import pick
+from errands.cli import pick, worker_loops
 
 
 def test_pick_keeps_each_name_once_in_the_order_given() -> None:
@@ -22,6 +22,28 @@ def test_pick_keeps_each_name_once_in_the_order_given() -> None:
 def test_pick_refuses_unknown_names_and_an_empty_choice(text: str) -> None:
     with pytest.raises(typer.BadParameter, match="choose from timers, sink"):
         pick(text, ["timers", "sink"])
+
+
+@pytest.mark.parametrize(
+    ("only", "kafka", "loops"),
+    [
+        (None, True, ["timers", "monitors", "conversions"]),
+        (None, False, ["timers", "monitors", "conversions", "sink"]),
+        ("monitors", True, ["monitors"]),
+        ("monitors", False, ["monitors", "sink"]),
+        ("timers", False, ["timers"]),
+    ],
+)
+def test_without_kafka_a_worker_running_monitors_runs_their_sink(
+    only: str | None, kafka: bool, loops: list[str]
+) -> None:
+    assert worker_loops(only, kafka=kafka) == loops
+
+
+@pytest.mark.parametrize("kafka", [True, False])
+def test_the_sink_is_not_a_worker_loop_to_choose(kafka: bool) -> None:
+    with pytest.raises(typer.BadParameter):
+        worker_loops("sink", kafka=kafka)
 
 
 def test_the_sink_without_kafka_stops_with_one_line(tmp_path: Path) -> None:

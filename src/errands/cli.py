@@ -126,21 +126,30 @@ async def _run_until_signal(settings: Settings, loops: Sequence[str]) -> None:
         await run_loops(resources, loops, stop)
 
 
+WORKER_LOOPS = [name for name in LOOPS if name != "sink"]
+
+
+def worker_loops(only: str | None, *, kafka: bool) -> list[str]:
+    """The loops chosen (all by default), and the sink beside the monitors when there is no Kafka:
+    their check results then reach no other process, and would pile up unstored."""
+    loops = WORKER_LOOPS if only is None else pick(only, WORKER_LOOPS)
+    return [*loops, "sink"] if "monitors" in loops and not kafka else loops
+
+
 @app.command()
 def worker(
     only: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated loops to run (default: all; the sink too without Kafka)."
+            help=f"Comma-separated, from {', '.join(WORKER_LOOPS)} (default: all). Without "
+            "Kafka, monitors run with the sink that stores their results."
         ),
     ] = None,
 ) -> None:
     """Background loops without the HTTP API."""
     settings = _settings()
-    # Without Kafka, check results reach the sink only inside this process: it runs here too.
     kafka = settings.kafka_bootstrap_servers is not None
-    allowed = [name for name in LOOPS if name != "sink" or not kafka]
-    uvloop.run(_run_until_signal(settings, allowed if only is None else pick(only, allowed)))
+    uvloop.run(_run_until_signal(settings, worker_loops(only, kafka=kafka)))
 
 
 @app.command()
