@@ -68,3 +68,16 @@ async def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
     assert await patient == 20
     with pytest.raises(asyncio.CancelledError):
         await impatient
+
+
+async def test_a_write_that_returns_the_wrong_number_of_results_fails_its_callers() -> None:
+    async def write_losing_one(batch: list[int]) -> list[int]:
+        return batch[1:]
+
+    batcher = Batcher(write_losing_one, name="test")
+
+    results = await asyncio.wait_for(
+        asyncio.gather(*(batcher.submit(n) for n in range(3)), return_exceptions=True), 5
+    )
+
+    assert all(isinstance(result, RuntimeError) for result in results)

@@ -45,6 +45,10 @@ class Batcher(Generic[Item, Result]):
             batch, self._waiting = self._waiting, []
             try:
                 results = await self._write([item for item, _ in batch])
+                if len(results) != len(batch):  # some callers would otherwise wait for ever
+                    raise RuntimeError(
+                        f"{self._name} wrote {len(batch)} items but returned {len(results)} results"
+                    )
             except Exception as error:
                 for _, waiter in batch:
                     if not waiter.done():  # a caller that was cancelled waits no more
