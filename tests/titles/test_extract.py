@@ -138,6 +138,20 @@ def test_unknown_charset_label_falls_back() -> None:
     assert read_title(b"<title>plain</title>", "text/html; charset=no-such-thing") == "plain"
 
 
+@pytest.mark.parametrize(
+    "label", ["zlib", "base64", "rot13", "undefined", "idna", "utf-7", "utf-32", "cp037", "hex"]
+)
+def test_a_codec_that_is_no_page_encoding_is_an_unknown_label(label: str) -> None:
+    assert read_title(b"<title>Plain</title>", f"text/html; charset={label}") == "Plain"
+
+
+def test_labels_python_names_differently() -> None:
+    wide = "<title>Wide</title>".encode("utf-16-le")
+    assert read_title(wide, "text/html; charset=UTF-16") == "Wide"  # no BOM: little-endian
+    thai = "<title>ภาษาไทย</title>".encode("cp874")
+    assert read_title(thai, "text/html; charset=windows-874") == "ภาษาไทย"
+
+
 def test_charset_helpers() -> None:
     assert charset_from_content_type("text/html; charset=UTF-8") == "utf-8"
     assert charset_from_content_type("text/html") is None

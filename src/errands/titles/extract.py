@@ -31,8 +31,39 @@ _BROWSER_ENCODINGS = {
     "euc_kr": "cp949",
     "shift_jis": "cp932",
     "big5": "big5hkscs",
+    "utf-16": "utf-16-le",
 }
-_BROWSER_LABELS = {"x-sjis": "cp932", "x-gbk": "gb18030", "x-user-defined": "cp1252"}
+_BROWSER_LABELS = {
+    "windows-874": "cp874",
+    "x-mac-cyrillic": "mac-cyrillic",
+    "x-sjis": "cp932",
+    "x-gbk": "gb18030",
+    "x-user-defined": "cp1252",
+}
+# The encodings of the WHATWG Encoding Standard, the only ones browsers decode pages with. Other
+# codecs Python knows (base64, zlib, rot13, utf-7, EBCDIC, ...) are not page encodings: a label
+# naming one is unknown, as in a browser.
+_PAGE_ENCODINGS = frozenset(
+    {
+        "utf-8",
+        "utf-16-le",
+        "utf-16-be",
+        "cp866",
+        *(f"iso8859-{n}" for n in (2, 3, 4, 5, 6, 7, 8, 10, 13, 14, 15, 16)),
+        "koi8-r",
+        "koi8-u",
+        "mac-roman",
+        "mac-cyrillic",
+        "cp874",
+        *(f"cp{n}" for n in range(1250, 1259)),
+        "gb18030",
+        "big5hkscs",
+        "euc_jp",
+        "iso2022_jp",
+        "cp932",
+        "cp949",
+    }
+)
 
 _BOMS = (
     (codecs.BOM_UTF8, "utf-8"),
@@ -84,7 +115,8 @@ def browser_encoding(label: str) -> str | None:
         name = codecs.lookup(label).name
     except LookupError:
         return None
-    return _BROWSER_ENCODINGS.get(name, name)
+    name = _BROWSER_ENCODINGS.get(name, name)
+    return name if name in _PAGE_ENCODINGS else None
 
 
 def charset_from_content_type(content_type: str | None) -> str | None:
