@@ -158,6 +158,7 @@ def test_charset_helpers() -> None:
     assert charset_from_content_type(None) is None
     assert sniff_charset(b'<meta charset="utf-16">') == "utf-8"  # as browsers do
     assert sniff_charset(b"<metal charset=koi8-r>") is None
+    assert sniff_charset(b'<meta charset="utf\x008">') is None
 
 
 @pytest.mark.parametrize(

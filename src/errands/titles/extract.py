@@ -113,7 +113,7 @@ def browser_encoding(label: str) -> str | None:
         return _BROWSER_LABELS[label]
     try:
         name = codecs.lookup(label).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the label
         return None
     name = _BROWSER_ENCODINGS.get(name, name)
     return name if name in _PAGE_ENCODINGS else None
