@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import typer
 
-from errands.cli import pick, worker_loops
+from errands.cli import http_server, pick, worker_loops
+from errands.config import Settings
 
 
 def test_pick_keeps_each_name_once_in_the_order_given() -> None:
@@ -60,3 +61,10 @@ def test_the_sink_without_kafka_stops_with_one_line(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1
     assert "ERRANDS_KAFKA_BOOTSTRAP_SERVERS" in done.stderr
     assert not (tmp_path / "postgres").exists(), "started a database it could not use"
+
+
+@pytest.mark.parametrize(("grace_s", "whole_s"), [(0.5, 1), (2.2, 3), (20.0, 20)])
+def test_requests_in_flight_get_at_least_the_grace_period(grace_s: float, whole_s: int) -> None:
+    server = http_server(Settings(shutdown_grace_s=grace_s), loops=())
+
+    assert server.config.timeout_graceful_shutdown == whole_s

@@ -1,6 +1,7 @@
 """The `errands` command: one codebase, one process role per subcommand."""
 
 import asyncio
+import math
 import signal
 import time
 import uuid
@@ -81,7 +82,7 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def _serve_http(settings: Settings, loops: Sequence[str]) -> None:
+def http_server(settings: Settings, loops: Sequence[str]) -> DrainingServer:
     application = create_app(settings, loops=loops)
     config = uvicorn.Config(
         application,
@@ -91,21 +92,22 @@ def _serve_http(settings: Settings, loops: Sequence[str]) -> None:
         http="httptools",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        # uvicorn takes whole seconds; rounding down would cut requests short (0.5 s would be none).
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
     )
-    DrainingServer(config, application, settings.shutdown_drain_s).run()
+    return DrainingServer(config, application, settings.shutdown_drain_s)
 
 
 @app.command()
 def serve() -> None:
     """Everything in one process: the API and every background loop."""
-    _serve_http(_settings(), loops=list(LOOPS))
+    http_server(_settings(), loops=list(LOOPS)).run()
 
 
 @app.command()
 def api() -> None:
     """The HTTP API only; run several behind a load balancer."""
-    _serve_http(_settings(), loops=API_ONLY)
+    http_server(_settings(), loops=API_ONLY).run()
 
 
 def pick(text: str, allowed: Sequence[str]) -> list[str]:
