@@ -303,7 +303,10 @@ CREATE_STAGING = """
 
 COPY_MESSAGES = "COPY checks_messages (message) FROM STDIN"
 
-# The same rules as results.decode_check; a message that breaks one is left out.
+# The rules of results.decode_check, a message that breaks one being left out, except that the
+# casts also take a scalar of another JSON type they can read (a number or the schema written
+# as a string, a boolean as "yes" or 1), which decode_check refuses. The checker never writes
+# those.
 CAST_MESSAGES = """
     INSERT INTO checks_incoming (
            monitor_id, check_id, checked_at, response_time_ms, dns_ms, connect_ms, tls_ms,
