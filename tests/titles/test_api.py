@@ -181,6 +181,25 @@ async def test_a_page_without_a_title_is_read_up_to_the_cap_only(
     assert target_server.sent_bytes["/endless"] < size // 5
 
 
+async def test_no_byte_past_the_body_cap_is_read(
+    api: httpx.AsyncClient, settings: Settings, target_server: TargetServer
+) -> None:
+    cap = settings.titles_max_body_bytes
+    just_in = b"<title>Just in</title>"
+    inside = target_server.route(
+        "/inside", chunks=[b"." * (cap - len(just_in)), just_in], content_type=HTML
+    )
+    # The title opens on the last byte allowed; one byte more would give it a letter.
+    outside = target_server.route(
+        "/outside", chunks=[b"." * (cap - 7), b"<title>", b"Beyond"], content_type=HTML
+    )
+
+    answer = (await post_titles(api, [inside, outside])).json()
+
+    assert answer["titles"] == ["Just in", None]
+    assert answer["results"][1]["status"] == "no_title"
+
+
 async def test_a_slow_site_is_marked_timeout_within_the_cap(
     capped: RunningApp, target_server: TargetServer
 ) -> None:
