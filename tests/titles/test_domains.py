@@ -20,6 +20,7 @@ from errands.titles.domains import InvalidDomain, parse_domain
         ("http://пример.рф/", ("http://xn--e1afmkfd.xn--p1ai/",)),
         ("127.0.0.1:8000", ("https://127.0.0.1:8000/", "http://127.0.0.1:8000/")),
         ("http://[::1]:8080/", ("http://[::1]:8080/",)),
+        ("xn--ls8h.la", ("https://xn--ls8h.la/", "http://xn--ls8h.la/")),
         (
             "_dmarc-like_host.example",
             ("https://_dmarc-like_host.example/", "http://_dmarc-like_host.example/"),
@@ -58,6 +59,7 @@ def test_rejected_entries_say_why(entry: str, reason: str) -> None:
         parse_domain(entry)
 
 
-def test_invalid_idn_is_rejected() -> None:
+@pytest.mark.parametrize("entry", ["ex\u200dample.ü", "xn--zz.com", "http://www.xn--a.org/"])
+def test_invalid_idn_is_rejected(entry: str) -> None:
     with pytest.raises(InvalidDomain, match="internationalised"):
-        parse_domain("ex\u200dample.ü")
+        parse_domain(entry)

@@ -85,4 +85,11 @@ def _ascii_host(host: str) -> str:
             )
         if not _LABEL.match(label):
             raise InvalidDomain(f"is not a host name or URL (bad label {label!r})")
+        if label.startswith("xn--"):
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                raise InvalidDomain(
+                    f"is not a valid internationalised domain name (bad punycode {label!r})"
+                ) from None
     return name
