@@ -1,7 +1,9 @@
 """Uploading and reading back: type by content, size cap, nothing half-stored, safe downloads."""
 
+import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -34,6 +36,13 @@ def multipart_body(files: list[tuple[bytes, bytes]]) -> bytes:
 def stored_files(settings: Settings) -> list[Path]:
     root = settings.data_dir / "files"
     return sorted(path for path in root.rglob("*") if path.is_file())
+
+
+async def eventually(condition: Callable[[], bool], within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 async def count_rows(database_url: str) -> tuple[int, int]:
@@ -207,6 +216,33 @@ async def test_an_upload_of_too_many_files_is_refused_and_nothing_is_kept(
     assert response.status_code == 413
     assert response.json() == {"detail": "too many files: at most 2 per upload"}
     assert stored_files(settings) == []
+    assert await count_rows(database_url) == (0, 0)
+
+
+async def test_an_upload_abandoned_midway_keeps_nothing(
+    app: RunningApp, settings: Settings, database_url: str
+) -> None:
+    body = multipart_body(
+        [(b"a.png", samples.png(10, 10)), (b"b.jpg", samples.jpeg(64, 64) + bytes(300_000))]
+    )
+    head = (
+        f"POST /uploads HTTP/1.1\r\nHost: errands\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    host, port = app.base_url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head + body[: len(body) // 2])  # the first file whole, the second begun
+        await eventually(
+            lambda: any(path.name == "original.png" for path in stored_files(settings))
+        )
+    finally:
+        writer.transport.abort()  # the connection drops, as when a client dies
+        await writer.wait_closed()
+
+    await eventually(lambda: stored_files(settings) == [])
+    assert list((settings.data_dir / "files" / ".partial").iterdir()) == []
     assert await count_rows(database_url) == (0, 0)
 
 
