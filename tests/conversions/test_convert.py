@@ -64,6 +64,13 @@ def test_pdf_scale_is_the_dpi_unless_the_page_would_exceed_the_cap() -> None:
     assert 72 * 40 * poster == pytest.approx(3500)
 
 
+def test_a_pdf_page_is_rendered_at_exactly_the_dpi(tmp_path: Path) -> None:
+    # US letter, 8.5x11 inches: float rounding must not add a pixel to 11 x 150.
+    [page] = convert(tmp_path, samples.pdf([(612, 792)]), "pdf")
+    image = load(tmp_path, page)
+    assert (page.width, page.height, image.width, image.height) == (1275, 1650, 1275, 1650)
+
+
 def test_large_jpeg_is_scaled_down_to_fit_keeping_its_aspect_ratio(tmp_path: Path) -> None:
     [page] = convert(tmp_path, samples.jpeg(8000, 6000), "jpeg")
     assert (page.page, page.width, page.height) == (1, 3500, 2625)

@@ -13,6 +13,7 @@ import resource
 import signal
 import sys
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,11 +103,13 @@ def fit_within(width: int, height: int, max_side: int) -> tuple[int, int]:
 def pdf_scale(width_pt: float, height_pt: float, dpi: int, max_side: int) -> float:
     """Render scale for a page: `dpi`, lowered so that neither rendered side exceeds `max_side`.
 
-    The renderer rounds each side up, so the scale is nudged down until the rounded size fits.
+    The renderer rounds each side up, so the scale is nudged down until float error adds no
+    pixel to the exact size (US letter at 150 dpi is 1275x1650, not 1275x1651).
     """
-    longest = max(width_pt, height_pt)
-    scale = min(dpi / POINTS_PER_INCH, max_side / longest)
-    while math.ceil(longest * scale) > max_side:
+    exact = min(Fraction(dpi, POINTS_PER_INCH), max_side / Fraction(max(width_pt, height_pt)))
+    pixels = [(side, math.ceil(Fraction(side) * exact)) for side in (width_pt, height_pt)]
+    scale = float(exact)
+    while any(math.ceil(side * scale) > size for side, size in pixels):
         scale = math.nextafter(scale, 0.0)
     return scale
 
