@@ -309,3 +309,20 @@ async def test_a_child_does_not_outlive_its_killed_supervisor(tmp_path: Path) ->
     finally:
         if not is_gone(child):
             os.kill(child, signal.SIGKILL)
+
+
+async def test_work_left_by_a_dead_supervisor_is_removed_at_start(settings: Settings) -> None:
+    work = settings.data_dir / "work"
+    abandoned, current = work / "tmp-abandoned", work / "tmp-current"
+    for folder in (abandoned, current):
+        folder.mkdir(parents=True)
+        (folder / "page-0001.png").write_bytes(b"png")
+    # Older than any live conversion can be: twice the time limit ago.
+    long_ago = time.time() - 2 * settings.conversion_timeout_s - 60
+    os.utime(abandoned, (long_ago, long_ago))
+    async with serve_app(settings, loops=["conversions"]):
+        deadline = time.monotonic() + 10
+        while abandoned.exists():
+            assert time.monotonic() < deadline, "the abandoned work was not removed"
+            await asyncio.sleep(0.01)
+    assert (current / "page-0001.png").exists()

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -77,6 +78,7 @@ async def convert_uploaded_files(resources: Resources, stop: asyncio.Event) -> N
     )
     work_dir = settings.data_dir / "work"
     work_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(_remove_abandoned_work, work_dir, 2 * settings.conversion_timeout_s)
 
     async def convert_claimed(row: claims.Row) -> None:
         await convert_one_file(resources, owner, work_dir, row)
@@ -95,6 +97,16 @@ async def convert_uploaded_files(resources: Resources, stop: asyncio.Event) -> N
     finally:
         depth.cancel()
         await asyncio.gather(depth, return_exceptions=True)
+
+
+def _remove_abandoned_work(work_dir: Path, older_than_s: float) -> None:
+    """Remove the folders of conversions whose supervisor died mid-way. A live conversion's
+    folder is younger: its child is killed at the time limit and the folder removed after it."""
+    cutoff = time.time() - older_than_s
+    for folder in work_dir.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # another supervisor removed it first
+            if folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 async def convert_one_file(
