@@ -123,6 +123,8 @@ def test_public_addresses_are_allowed(address: str) -> None:
         ("http://0.0.0.0/", "unspecified"),
         ("http://127.1/", "not a canonical IPv4 address"),
         ("http://2130706433/", "not a canonical IPv4 address"),
+        ("http://xn--zz/", "not a valid host name"),
+        ("http://xn--/", "not a valid host name"),
     ],
 )
 def test_check_url_refuses_with_a_reason(url: str, says: str) -> None:
@@ -267,6 +269,14 @@ async def test_a_redirect_to_a_blocked_address_is_refused_at_that_hop(
             await client.fetch("GET", start)
     assert target_server.hits["/start"] == 1, "the first hop was allowed and followed"
     assert internal_server.hits["/admin"] == 0, "the internal service was never contacted"
+
+
+async def test_a_redirect_to_an_invalid_host_name_is_refused(
+    open_client: GuardedClient, target_server: TargetServer
+) -> None:
+    start = target_server.route("/start", redirect_to="http://xn--zz/")
+    with pytest.raises(BlockedTarget, match="not a valid host name"):
+        await open_client.fetch("GET", start)
 
 
 @pytest.mark.parametrize("location", ["ftp://127.0.0.1/file", "file:///etc/passwd"])

@@ -92,6 +92,7 @@ async def test_expired_timer_has_no_time_left(api: httpx.AsyncClient, pool: Pool
         ({"seconds": 10, "url": "ftp://example.com/x"}, "http"),
         ({"seconds": 10, "url": "not-a-url"}, "http"),
         ({"seconds": 10, "url": "https://"}, "host"),
+        ({"seconds": 10, "url": "http://xn--/"}, "not a valid host name"),
         ({"seconds": 10, "url": "https://example.com:99999/"}, "out of range"),
         ({"seconds": 10, "url": "https://example.com/" + "a" * 2048}, "2048"),
         ({"seconds": 10, "url": 42}, "string"),

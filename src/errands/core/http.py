@@ -340,7 +340,10 @@ class GuardedClient:
     def _check(self, url: URL) -> None:
         if url.scheme not in _ALLOWED_SCHEMES:
             raise BlockedTarget(f"refused {url}: scheme {url.scheme!r} is not http or https")
-        host = url.host
+        try:
+            host = url.host
+        except UnicodeError:  # an xn-- label that is not valid punycode
+            raise BlockedTarget(f"refused {url.raw_host}: not a valid host name") from None
         if not host:
             raise BlockedTarget(f"refused {url}: it has no host")
         if self._allow_private:
@@ -490,9 +493,9 @@ class GuardedClient:
             if new_method != method:
                 method, json, data = new_method, None, None
                 hop_headers.popall("Content-Type", None)
-            if (target.scheme, target.host, target.port) != (
+            if (target.scheme, target.raw_host, target.port) != (
                 current.scheme,
-                current.host,
+                current.raw_host,
                 current.port,
             ):
                 for name in _CREDENTIAL_HEADERS:
