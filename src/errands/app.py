@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -84,6 +85,7 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
     app.add_middleware(RequestLogMiddleware)
     app.add_exception_handler(ErrandsError, _render_errands_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, render_validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(psycopg.OperationalError, _render_database_unavailable)  # type: ignore[arg-type]
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -115,6 +117,22 @@ async def _render_errands_error(request: Request, error: ErrandsError) -> JSONRe
     return JSONResponse({"detail": error.detail}, status_code=error.status_code)
 
 
+DATABASE_RETRY_AFTER_S = 5
+
+
+async def _render_database_unavailable(
+    request: Request, error: psycopg.OperationalError
+) -> JSONResponse:
+    """The database could not be reached (or the pool waited in vain for a connection): the
+    request may succeed if sent again, which a 503 with Retry-After says and a 500 does not."""
+    log.warning("database_unavailable", path=request.url.path, error=str(error))
+    return JSONResponse(
+        {"detail": "the database is unavailable; try again shortly"},
+        status_code=503,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 ERROR_DETAIL = {
     "title": "ErrorDetail",
     "type": "object",
@@ -126,7 +144,8 @@ ERROR_DETAIL = {
 def _openapi_with_common_errors(app: FastAPI, *, keys: bool) -> Callable[[], dict[str, Any]]:
     """The schema, documenting the answers any route may give besides its own: an id that names
     nothing (404), a body that cannot be decoded (400) or is too large (413), API key refusals
-    (401, 403, 503), and `{"detail": "..."}` beside FastAPI's validation list for 422."""
+    (401, 403), a database out of reach (503), and `{"detail": "..."}` beside FastAPI's
+    validation list for 422."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -143,10 +162,11 @@ def _openapi_with_common_errors(app: FastAPI, *, keys: bool) -> Callable[[], dic
                 if "requestBody" in operation:
                     common["400"] = "The body cannot be decoded"
                     common["413"] = "The body is larger than allowed"
+                if path not in PUBLIC_PATHS:
+                    common["503"] = "The database is unavailable; try again shortly"
                 if keys and path not in PUBLIC_PATHS:
                     common["401"] = "Missing, invalid or revoked API key"
                     common["403"] = "The API key lacks this route's scope"
-                    common["503"] = "The API key cannot be checked now"
                 responses = operation.setdefault("responses", {})
                 for status, description in common.items():
                     responses.setdefault(status, {"description": description, "content": detail})

@@ -46,12 +46,14 @@ def database_url(settings: Settings) -> str:
 
 
 @asynccontextmanager
-async def open_pool(url: str, max_size: int) -> AsyncIterator[Pool]:
-    """An autocommit pool of dict-row connections; open transactions explicitly."""
+async def open_pool(url: str, max_size: int, timeout_s: float = 10.0) -> AsyncIterator[Pool]:
+    """An autocommit pool of dict-row connections; open transactions explicitly. A caller waits
+    at most `timeout_s` for a connection, then gets `PoolTimeout` (an `OperationalError`)."""
     pool: Pool = AsyncConnectionPool(
         url,
         min_size=1,
         max_size=max_size,
+        timeout=timeout_s,
         kwargs={"autocommit": True, "row_factory": dict_row},
         open=False,
         name="errands",

@@ -32,7 +32,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     url = await asyncio.to_thread(database_url, settings)
     await apply_migrations(url)
     async with AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(open_pool(url, settings.db_pool_max))
+        pool = await stack.enter_async_context(
+            open_pool(url, settings.db_pool_max, settings.db_pool_timeout_s)
+        )
         http = await stack.enter_async_context(GuardedClient.from_settings(settings))
         bus = await stack.enter_async_context(open_bus(settings))
         storage = LocalStorage.under_data_dir(settings.data_dir)
