@@ -92,3 +92,11 @@ def test_the_operations_guide_lists_every_setting_with_its_default() -> None:
             assert float(documented[name]) == default, name
         else:
             assert documented[name] == str(default) or Path(documented[name]) == default, name
+
+
+def test_retention_is_bounded_to_dates_python_can_compute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ERRANDS_RETENTION_DAYS", "1000000")
+    with pytest.raises(SettingsError, match="ERRANDS_RETENTION_DAYS"):
+        load_settings()
