@@ -92,21 +92,30 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
         """The process is alive."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], responses={503: {"description": "Not ready"}})
-    async def readyz(request: Request) -> JSONResponse:
-        """The process takes traffic: not shutting down, and the database answers."""
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        responses={503: {"description": "Not ready: draining, database or (deep) Kafka"}},
+    )
+    async def readyz(request: Request, deep: bool = False) -> JSONResponse:
+        """The process takes traffic: not shutting down, and the database answers. The answer
+        also says whether Kafka works for this process's checker and sink (`kafka`: null, or
+        the problem); with `deep=true` a Kafka problem makes it 503 as well."""
         if request.app.state.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
+        kafka = request.app.state.resources.bus.health().problem
         try:
             async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
                 async with request.app.state.resources.pool.connection() as conn:
                     await conn.execute("SELECT 1")
         except Exception as error:  # any failure to reach the database means "not ready"
             return JSONResponse(
-                {"status": "database unreachable", "error": type(error).__name__},
+                {"status": "database unreachable", "error": type(error).__name__, "kafka": kafka},
                 status_code=503,
             )
-        return JSONResponse({"status": "ready"})
+        if deep and kafka is not None:
+            return JSONResponse({"status": "kafka unreachable", "kafka": kafka}, status_code=503)
+        return JSONResponse({"status": "ready", "kafka": kafka})
 
     for router in (titles_router, stats_router, timers_router, conversions_router, monitors_router):
         app.include_router(router)

@@ -69,6 +69,26 @@ SINK_LAG = Gauge(
     "Check results published but not yet stored, per partition.",
     ["partition"],
 )
+BUS_PUBLISH_QUEUED = Gauge(
+    "errands_bus_publish_queued_messages",
+    "Check results waiting in this process for Kafka to acknowledge them.",
+)
+BUS_PUBLISH_FAILURES = Counter(
+    "errands_bus_publish_failures_total",
+    "Check results whose send to Kafka failed and is tried again.",
+)
+BUS_PUBLISH_DROPPED = Counter(
+    "errands_bus_publish_dropped_total",
+    "Check results dropped: the queue waiting for Kafka was full, or the process stopped.",
+)
+BUS_LAST_PUBLISH = Gauge(
+    "errands_bus_last_publish_timestamp_seconds",
+    "When Kafka last acknowledged check results from this process.",
+)
+BUS_LAST_CONSUME = Gauge(
+    "errands_bus_last_consume_timestamp_seconds",
+    "When this process last read from Kafka (messages, or the partitions' ends while idle).",
+)
 
 # HTTP, per route template ("/timer/{timer_id}", or "none" for paths no route serves, so that
 # scanners cannot grow the label set).
