@@ -132,9 +132,12 @@ WORKER_LOOPS = [name for name in LOOPS if name != "sink"]
 
 
 def worker_loops(only: str | None, *, kafka: bool) -> list[str]:
-    """The loops chosen (all by default), and the sink beside the monitors when there is no Kafka:
-    their check results then reach no other process, and would pile up unstored."""
+    """The loops chosen (all by default), the deliveries beside the timers (which send their
+    webhooks through them), and the sink beside the monitors when there is no Kafka: their check
+    results then reach no other process, and would pile up unstored."""
     loops = WORKER_LOOPS if only is None else pick(only, WORKER_LOOPS)
+    if "timers" in loops and "deliveries" not in loops:
+        loops = [*loops, "deliveries"]
     return [*loops, "sink"] if "monitors" in loops and not kafka else loops
 
 
