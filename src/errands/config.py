@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     allow_private_targets: bool = False
     db_pool_max: int = Field(default=10, ge=1, le=200)
     db_pool_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    db_statement_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     shutdown_grace_s: float = Field(default=20.0, gt=0)
 
     # Outbound HTTP
