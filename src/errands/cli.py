@@ -45,7 +45,7 @@ def _settings() -> Settings:
     except SettingsError as error:
         typer.echo(f"errands: {error}", err=True)
         raise typer.Exit(2) from None
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return settings
 
 

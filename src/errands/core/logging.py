@@ -1,9 +1,11 @@
-"""JSON logs through structlog, with the request id bound per request by the app."""
+"""Logs through structlog, with the request id bound per request by the app: one JSON object per
+line for machines, or readable lines on a terminal."""
 
 import logging
 import sys
 import time
 import uuid
+from typing import Literal
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,8 +15,16 @@ __all__ = ["RequestLogMiddleware", "configure_logging"]
 access_log = structlog.get_logger("errands.access")
 
 
-def configure_logging(level: str) -> None:
-    """Send structlog and standard-library records to stderr as one JSON object per line."""
+def configure_logging(level: str, log_format: Literal["console", "json"] | None = None) -> None:
+    """Send structlog and standard-library records to stderr, as readable lines (`console`) or
+    one JSON object per line (`json`); unset, console when stderr is a terminal."""
+    if log_format is None:
+        log_format = "console" if sys.stderr.isatty() else "json"
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if log_format == "console"
+        else structlog.processors.JSONRenderer()
+    )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -33,8 +43,8 @@ def configure_logging(level: str) -> None:
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(),
+                *([structlog.processors.format_exc_info] if log_format == "json" else []),
+                renderer,
             ],
         )
     )
