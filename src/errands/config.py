@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     timer_max_in_flight: int = Field(default=512, ge=1)
     timer_poll_interval_s: float = Field(default=1.0, gt=0)
 
+    # The `errands` commands that call a running service (timers, uploads, monitors)
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
+
     # Operations: API keys, request limits, rollout, metrics of processes without the API
     api_keys_enabled: bool = False
     api_key_cache_s: float = Field(default=5.0, ge=0, le=60)  # how late a revocation may bite

