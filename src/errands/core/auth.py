@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from errands.core.db import Pool
 
 __all__ = [
+    "DOCS_ASSETS_PATH",
     "FEATURE_SCOPES",
     "KEY_PREFIX",
     "SCOPES",
@@ -44,8 +45,13 @@ SCOPES = (*FEATURE_SCOPES, "admin")
 KEY_PREFIX = "errands_"
 # Enough of a key to recognise it in a listing, too little to help guess the rest.
 SHOWN_PREFIX_CHARS = len(KEY_PREFIX) + 6
+DOCS_ASSETS_PATH = "/docs/assets"
 PUBLIC_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    | {
+        f"{DOCS_ASSETS_PATH}/{name}"
+        for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+    }
 )
 # Bounds the memory the lookup cache can take, whatever keys clients send.
 MAX_CACHED_KEYS = 10_000
