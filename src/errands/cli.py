@@ -27,6 +27,7 @@ from errands.core.http import GuardedClient
 from errands.core.logging import configure_logging
 from errands.core.metrics import serve_metrics
 from errands.core.resources import open_resources
+from errands.core.server import guarded_http_protocol
 from errands.loops import LOOPS, run_loops
 from errands.monitors.sync import SitesFileError, read_sites, sync_sites
 from errands.titles.api import TitlesResponse, titles_response
@@ -89,7 +90,11 @@ def http_server(settings: Settings, loops: Sequence[str]) -> DrainingServer:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_http_protocol(
+            header_timeout_s=settings.server_header_timeout_s,
+            body_idle_timeout_s=settings.server_body_idle_timeout_s,
+            max_connections=settings.server_max_connections,
+        ),
         log_config=None,
         access_log=False,
         # uvicorn takes whole seconds; rounding down would cut requests short (0.5 s would be none).
@@ -174,10 +179,17 @@ def sink() -> None:
 
 @app.command()
 def migrate() -> None:
-    """Apply pending database migrations and exit."""
+    """Apply pending database migrations and exit. With API keys on, a database that never had a
+    key gets an admin key, printed this once."""
     settings = _settings()
     applied = asyncio.run(apply_migrations(database_url(settings)))
     typer.echo("\n".join(f"applied {name}" for name in applied) or "database is up to date")
+    if settings.api_keys_enabled:
+        made = asyncio.run(_with_connection(settings, auth.create_bootstrap_key))
+        if made is not None:
+            key, secret = made
+            typer.echo(f"bootstrap API key {key.id} (admin scope, shown only this once): {secret}")
+            typer.echo(f"once narrower keys exist: errands keys revoke {key.id}")
 
 
 keys = typer.Typer(help="API keys, checked when ERRANDS_API_KEYS_ENABLED=true.")

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     allow_private_targets: bool = False
     db_pool_max: int = Field(default=10, ge=1, le=200)
     db_pool_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    db_statement_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     shutdown_grace_s: float = Field(default=20.0, gt=0)
 
     # Outbound HTTP
@@ -41,6 +42,9 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
     kafka_enable_idempotence: bool = True
+    kafka_request_timeout_ms: int = Field(default=10_000, ge=1000)
+    kafka_publish_wait_s: float = Field(default=2.0, gt=0)  # then the checker moves on
+    kafka_publish_queue_max: int = Field(default=100_000, ge=1)  # results held while Kafka is out
 
     # Titles (the 10 s cap is the API's promise, so it can be lowered but never raised)
     titles_timeout_s: float = Field(default=10.0, gt=0, le=10)
@@ -97,6 +101,9 @@ class Settings(BaseSettings):
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     shutdown_drain_s: float = Field(default=0.0, ge=0)  # /readyz 503 while still serving
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # worker and sink /metrics
+    server_header_timeout_s: float = Field(default=10.0, gt=0, le=300)  # all headers, from byte 1
+    server_body_idle_timeout_s: float = Field(default=30.0, gt=0, le=600)  # between body bytes
+    server_max_connections: int = Field(default=1000, ge=1)  # more are closed when accepted
 
     # Conversions: upload limits, output size, and the child processes that convert
     upload_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)  # one request, all files

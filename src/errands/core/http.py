@@ -161,7 +161,9 @@ class GuardingResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
+        # "example.com." is the same name written fully qualified; resolvers that read
+        # /etc/hosts or add search domains know it only without the dot.
+        results = await self._inner.resolve(host.removesuffix("."), port, family)
         if self._allow_private:
             return results
         allowed: list[ResolveResult] = []
