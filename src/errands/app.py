@@ -91,10 +91,16 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
     app.add_exception_handler(RequestValidationError, render_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(psycopg.OperationalError, _render_database_unavailable)  # type: ignore[arg-type]
 
-    @app.get("/healthz", tags=["operations"])
-    async def healthz() -> dict[str, str]:
-        """The process is alive."""
-        return {"status": "ok"}
+    @app.get(
+        "/healthz", tags=["operations"], responses={503: {"description": "Embedded database down"}}
+    )
+    async def healthz(request: Request) -> JSONResponse:
+        """The process is alive, and so is the embedded PostgreSQL it runs (which it restarts
+        when it stops; until it is back this answers 503)."""
+        embedded = request.app.state.resources.embedded
+        if embedded is not None and not embedded.running:
+            return JSONResponse({"status": "embedded database down"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz", tags=["operations"], responses={503: {"description": "Not ready"}})
     async def readyz(request: Request) -> JSONResponse:
