@@ -100,9 +100,14 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
     app.add_exception_handler(RequestValidationError, render_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(psycopg.OperationalError, _render_database_unavailable)  # type: ignore[arg-type]
 
-    async def healthz() -> dict[str, str]:
-        """The process is alive (HEAD answers the same without a body). Needs no API key."""
-        return {"status": "ok"}
+    async def healthz(request: Request) -> JSONResponse:
+        """The process is alive, and so is the embedded PostgreSQL it runs (which it restarts
+        when it stops; until it is back this answers 503). HEAD answers the same without a
+        body. Needs no API key."""
+        embedded = request.app.state.resources.embedded
+        if embedded is not None and not embedded.running:
+            return JSONResponse({"status": "embedded database down"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     for method in ("GET", "HEAD"):
         app.add_api_route(
@@ -113,7 +118,16 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
             tags=["operations"],
             summary="Liveness",
             response_model=Health,
-            responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+            responses={
+                200: {"content": {"application/json": {"example": {"status": "ok"}}}},
+                503: {
+                    "model": Health,
+                    "description": "The embedded PostgreSQL this process runs is down",
+                    "content": {
+                        "application/json": {"example": {"status": "embedded database down"}}
+                    },
+                },
+            },
         )
 
     @app.get(
@@ -179,7 +193,7 @@ page, use "Authorize" once and "Try it out" sends it.
 class Health(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
 
-    status: Literal["ok"]
+    status: Literal["ok", "embedded database down"]
 
 
 class Readiness(BaseModel):
