@@ -1,6 +1,8 @@
 """The one outbound HTTP client: a shared aiohttp session that refuses private targets.
 
 Exceptions: OutboundError (kind says what failed) <- BlockedTarget ("blocked"), BodyTooLarge.
+Called from a claimed row's handler, a request is refused with claims.LeaseLapsed (not an
+OutboundError, so no handler takes it for a failed request) once that row's lease may have lapsed.
 """
 
 import asyncio
@@ -22,6 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from errands.config import Settings
+from errands.core.claims import current_lease
 
 __all__ = [
     "BlockedTarget",
@@ -180,7 +183,9 @@ class GuardingResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        results = await self._inner.resolve(_unqualified(host), port, family)
+        # "example.com." is the same name written fully qualified; resolvers that read
+        # /etc/hosts or add search domains know it only without the dot.
+        results = await self._inner.resolve(host.removesuffix("."), port, family)
         if self._allow_private:
             return results
         allowed: list[ResolveResult] = []
@@ -294,11 +299,6 @@ async def _open_first(addresses: list[ResolveResult], port: int) -> asyncio.Stre
     raise failure or OSError(f"no address to connect to on port {port}")
 
 
-def _unqualified(host: str) -> str:
-    """A fully qualified name's trailing dot dropped: 'example.com.' is 'example.com'."""
-    return host[:-1] if host.endswith(".") and len(host) > 1 else host
-
-
 def _redirected_method(method: str, status: int) -> str:
     # Browsers turn POST into GET on 301/302, and anything but HEAD into GET on 303.
     if status == 303 and method != "HEAD":
@@ -403,7 +403,7 @@ class GuardedClient:
         if parsed.path not in ("", "/") or parsed.query_string or parsed.fragment:
             raise BlockedTarget(f"refused {url!r}: a TCP target has no path, query or fragment")
         self._check_host(parsed)
-        return _unqualified(parsed.host or ""), port
+        return (parsed.host or "").removesuffix("."), port
 
     async def connect_tcp(self, url: str, *, timeout_s: float) -> TcpConnected:
         """Open a TCP connection to a `tcp://host:port` URL through the guard, then close it."""
@@ -561,6 +561,8 @@ class GuardedClient:
             if remaining_s <= 0:
                 raise OutboundError(f"{current.host} timed out", kind="timeout")
             timings = _Timings()
+            if (lease := current_lease()) is not None:
+                lease.check()  # for a claimed row: never send once its lease may have lapsed
             try:
                 response = await session.request(
                     method,
