@@ -2,6 +2,7 @@
 sent through the guarded client) or an Apprise URL (Slack, Telegram, e-mail, ...). Apprise
 makes its own connections, outside the address guard, so only an `admin` key may add one."""
 
+import json
 import uuid
 from datetime import datetime
 from typing import Annotated, Literal
@@ -17,7 +18,7 @@ from errands.core.resources import Resources, get_resources
 from errands.core.validation import RequestBody
 from errands.monitors import store
 
-__all__ = ["ChannelIn", "ChannelOut", "Forbidden", "apprise_url_shown", "router"]
+__all__ = ["ChannelIn", "ChannelOut", "Forbidden", "TestSent", "apprise_url_shown", "router"]
 
 router = APIRouter(tags=["monitors"])
 
@@ -147,6 +148,41 @@ async def create_channel(body: ChannelIn, request: Request, resources: Resources
         resources.pool, name=body.name, kind="apprise", target=body.apprise
     )
     return _channel(row)
+
+
+class TestSent(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"delivery_id": "1d2c3b4a-5f6e-4d7c-8b9a-0f1e2d3c4b5a"}]}
+    )
+
+    delivery_id: uuid.UUID = Field(description="The webhook-id of the message queued")
+
+
+@router.post(
+    "/channels/{channel_id}/test",
+    status_code=202,
+    response_model=TestSent,
+    summary="Send a test message to a channel",
+    responses={202: {"description": "The message is queued for delivery"}, 404: NOT_FOUND},
+)
+async def test_channel(channel_id: uuid.UUID, resources: ResourcesDep) -> TestSent:
+    """Queue a message of type `channel.test` through the delivery loop, as an alert would go;
+    follow it by its delivery id."""
+    channel = await store.get_channel(resources.pool, channel_id)
+    if channel is None:
+        raise NotFound(f"no channel {channel_id}")
+    if channel["kind"] == "apprise":
+        body = f"Errands: a test message to the channel {channel['name']!r}".encode()
+        headers: dict[str, str] = {}
+    else:
+        document = {
+            "type": "channel.test",
+            "channel": {"id": str(channel["id"]), "name": channel["name"]},
+        }
+        body = json.dumps(document, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+    delivery_id = await store.enqueue_test(resources.pool, channel, body, headers)
+    return TestSent(delivery_id=delivery_id)
 
 
 @router.get(

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from errands.core import claims
+from errands.core import claims, delivery
 from errands.core.db import Pool
 from errands.core.errors import Unprocessable
 from errands.monitors import alerts, maintenance
@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 CHANNEL = "errands_monitors"
+DELIVERY_SOURCE = "monitors"
 
 Row = dict[str, Any]
 Connection = psycopg.AsyncConnection[Row]
@@ -381,6 +382,19 @@ async def get_channel(pool: Pool, channel_id: uuid.UUID) -> Row | None:
     async with pool.connection() as conn:
         cursor = await conn.execute(SELECT_CHANNEL, {"id": channel_id})
         return await cursor.fetchone()
+
+
+async def enqueue_test(pool: Pool, channel: Row, body: bytes, headers: dict[str, str]) -> uuid.UUID:
+    """Queue one message to the channel, as an alert would be; the delivery's id."""
+    async with pool.connection() as conn, conn.transaction():
+        return await delivery.enqueue(
+            conn,
+            url=channel["target"],
+            body=body,
+            source=DELIVERY_SOURCE,
+            headers=headers,
+            transport="apprise" if channel["kind"] == "apprise" else "http",
+        )
 
 
 async def delete_channel(pool: Pool, channel_id: uuid.UUID) -> bool:
@@ -833,7 +847,9 @@ async def save_checks(
                 },
             )
             row = await cursor.fetchone()
-            await _advance_alerts(conn)
+            notifications = await _advance_alerts(conn)
+            if notifications:
+                await delivery.enqueue_all(conn, [_delivery_of(item) for item in notifications])
         known_days |= days
     assert row is not None  # a SELECT without FROM returns one row
     inserted = int(row["inserted"])
@@ -1063,6 +1079,31 @@ class Notification:
     monitor: dict[str, Any]
     incident: alerts.Incident | None
     check: alerts.StoredCheck
+
+
+def _delivery_of(notification: Notification) -> delivery.NewDelivery:
+    channel = notification.channel
+    delivery_id = alerts.delivery_id(notification.alert_id, channel.id)
+    if channel.kind == "apprise":
+        text = alerts.notification_text(
+            notification.kind, notification.monitor, notification.incident
+        )
+        return delivery.NewDelivery(
+            url=channel.target,
+            body=text.encode(),
+            source=DELIVERY_SOURCE,
+            id=delivery_id,
+            transport="apprise",
+        )
+    return delivery.NewDelivery(
+        url=channel.target,
+        body=alerts.notification_body(
+            notification.kind, notification.monitor, notification.incident, notification.check
+        ),
+        source=DELIVERY_SOURCE,
+        headers={"Content-Type": "application/json"},
+        id=delivery_id,
+    )
 
 
 async def _advance_alerts(conn: Connection) -> list[Notification]:
