@@ -30,6 +30,8 @@ from errands.core.timing import RequestTimingMiddleware
 from errands.core.validation import render_validation_error
 from errands.loops import run_loops
 from errands.monitors.api import router as monitors_router
+from errands.monitors.badges import router as badges_router
+from errands.monitors.channels import router as channels_router
 from errands.stats.api import router as stats_router
 from errands.stats.recorder import StatsRecorder, flush_stats_until
 from errands.timers.api import router as timers_router
@@ -173,7 +175,15 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
             return JSONResponse({"status": "kafka unreachable", "kafka": kafka}, status_code=503)
         return JSONResponse({"status": "ready", "kafka": kafka})
 
-    for router in (titles_router, stats_router, timers_router, conversions_router, monitors_router):
+    for router in (
+        titles_router,
+        stats_router,
+        timers_router,
+        conversions_router,
+        monitors_router,
+        channels_router,
+        badges_router,
+    ):
         app.include_router(router)
     return app
 
