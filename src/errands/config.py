@@ -89,8 +89,15 @@ class Settings(BaseSettings):
     max_pdf_pages: int = Field(default=500, ge=1)
     conversion_workers: int = Field(default=2, ge=1)  # child processes at once per supervisor
     conversion_child_memory_mb: int = Field(default=1024, ge=128)  # address-space limit
-    conversion_timeout_s: float = Field(default=300.0, gt=0)
+    conversion_timeout_s: float = Field(default=300.0, gt=0)  # one file, all its pages
+    conversion_page_timeout_s: float = Field(default=20.0, gt=0)  # one page (or one image)
     conversion_lease_s: float = Field(default=60.0, gt=0)
+    conversion_preview_width: int = Field(default=256, ge=16, le=1024)
+    # What one upload may produce in all; the file that would exceed it fails.
+    upload_max_output_pages: int = Field(default=1000, ge=1)
+    upload_max_output_pixels: int = Field(default=2_500_000_000, ge=1)
+    upload_max_output_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    upload_retention_days: int = Field(default=30, ge=1, le=36500)  # finished uploads, files too
 
 
 class SettingsError(Exception):

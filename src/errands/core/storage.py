@@ -7,9 +7,12 @@ so a reader never sees half a file. An S3-compatible bucket can implement the sa
 """
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -86,6 +89,11 @@ class Storage(Protocol):
         """Remove `key` if it exists (and folders the removal left empty)."""
         ...
 
+    async def sweep_abandoned_writes(self, older_than_s: float) -> int:
+        """Remove what writes left behind when their process died, if older than
+        `older_than_s`; never a write still in progress. Returns how many were removed."""
+        ...
+
 
 class _LocalWriter:
     def __init__(self, storage: "LocalStorage", key: str, partial: Path) -> None:
@@ -93,6 +101,9 @@ class _LocalWriter:
         self._key = key
         self._partial = partial
         self._file = partial.open("wb")
+        # Held until the file is closed: the sweeper skips locked files, so it never removes
+        # a live write however slowly its client sends (the lock dies with its process).
+        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.bytes_written = 0
 
     async def write(self, chunk: bytes) -> None:
@@ -101,15 +112,17 @@ class _LocalWriter:
         self.bytes_written += len(chunk)
 
     async def commit(self) -> None:
-        self._file.close()
+        # Renamed while still open and locked, so a sweep never sees it unlocked in `.partial`.
+        self._file.flush()
         try:
             self._storage.publish(self._partial, self._key)
         finally:
             self._partial.unlink(missing_ok=True)
+            self._file.close()
 
     async def discard(self) -> None:
-        self._file.close()
         self._partial.unlink(missing_ok=True)
+        self._file.close()
 
 
 class LocalStorage:
@@ -153,20 +166,48 @@ class LocalStorage:
         finally:
             partial.unlink(missing_ok=True)
 
-    @asynccontextmanager
-    async def local_copy(self, key: str) -> AsyncIterator[Path]:
-        path = self.path(key)
+    def _stored_path(self, key: str) -> Path:
+        """The path of a stored file; a key that resolves out of the root (a symlink put in
+        its place) holds no file of ours, so it is missing rather than an error."""
+        try:
+            path = self.path(key)
+        except InvalidKey:
+            check_key(key)  # a bad key stays an error; only the escaping link is "missing"
+            raise StoredFileMissing(key) from None
         if not path.is_file():
             raise StoredFileMissing(key)
-        yield path
+        return path
+
+    @asynccontextmanager
+    async def local_copy(self, key: str) -> AsyncIterator[Path]:
+        yield self._stored_path(key)
 
     async def read(self, key: str) -> AsyncIterator[bytes]:
-        path = self.path(key)
+        path = self._stored_path(key)
         try:
             file = path.open("rb")
         except (FileNotFoundError, IsADirectoryError):
             raise StoredFileMissing(key) from None
         return _chunks_of(file)
+
+    async def sweep_abandoned_writes(self, older_than_s: float) -> int:
+        return await asyncio.to_thread(self._sweep_partials, older_than_s)
+
+    def _sweep_partials(self, older_than_s: float) -> int:
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for partial in self._partial.iterdir():
+            # A missing file: its write finished or another sweeper got there first.
+            with contextlib.suppress(FileNotFoundError), partial.open("rb") as file:
+                if partial.stat().st_mtime >= cutoff:
+                    continue
+                try:
+                    fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live write holds it
+                partial.unlink()
+                removed += 1
+        return removed
 
     async def delete(self, key: str) -> None:
         path = self.path(key)
