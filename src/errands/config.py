@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     upload_max_output_pixels: int = Field(default=2_500_000_000, ge=1)
     upload_max_output_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     upload_retention_days: int = Field(default=30, ge=1, le=36500)  # finished uploads, files too
+    conversion_storage_retry_s: float = Field(default=10.0, gt=0)  # storage out of reach
+
+    # Storage: unset is a folder under data_dir; s3://bucket/prefix a bucket (AWS_* variables)
+    storage_url: str | None = Field(default=None, pattern=r"^s3://[^/?#]+(/[^?#]*)?$")
+    storage_presign: bool = False  # GET /files answers 307 to a presigned URL of the bucket
+    storage_presign_ttl_s: int = Field(default=300, ge=1, le=7 * 24 * 3600)
 
 
 class SettingsError(Exception):

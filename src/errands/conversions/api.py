@@ -3,6 +3,7 @@ PNGs made of them, and `GET /files/{path}` downloads any stored original or PNG.
 
 import base64
 import binascii
+import contextlib
 import json
 import mimetypes
 import uuid
@@ -12,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -22,7 +23,14 @@ from errands.conversions import store
 from errands.conversions.convert import MAGIC_BYTES_NEEDED, detect_kind
 from errands.core.errors import ErrandsError, NotFound, PayloadTooLarge, UnsupportedMediaType
 from errands.core.resources import Resources, get_resources
-from errands.core.storage import InvalidKey, Storage, StoredFileMissing, Writer, check_key
+from errands.core.storage import (
+    InvalidKey,
+    Storage,
+    StorageUnavailable,
+    StoredFileMissing,
+    Writer,
+    check_key,
+)
 
 __all__ = [
     "FileView",
@@ -377,11 +385,17 @@ class _UploadReader:
         return _IncomingFile(self.upload_id, clean_filename(filename))
 
     async def discard(self) -> None:
-        """Remove everything this request stored: the upload is refused as a whole."""
-        if self.current is not None and self.current.writer is not None:
-            await self.current.writer.discard()
+        """Remove everything this request stored: the upload is refused as a whole. With the
+        storage out of reach, what cannot be removed now is left to the sweep of abandoned
+        writes (unfinished multipart uploads) or stays without a row, never served."""
+        with contextlib.suppress(StorageUnavailable):
+            if self.current is not None and self.current.writer is not None:
+                await self.current.writer.discard()
         for file in self.stored:
-            await self.storage.delete(file.original_key)
+            try:
+                await self.storage.delete(file.original_key)
+            except StorageUnavailable:
+                log.warning("upload_file_left_in_storage", key=file.original_key)
 
 
 UPLOAD_BODY_DOC = {
@@ -414,6 +428,7 @@ UPLOAD_BODY_DOC = {
         400: {"model": Problem, "description": "Not a multipart upload of files"},
         413: {"model": Problem, "description": "Larger than the upload cap"},
         415: {"model": Problem, "description": "A file is not a PDF, PNG or JPEG"},
+        503: {"model": Problem, "description": "The storage is out of reach; nothing was kept"},
     },
 )
 async def create_upload(request: Request, resources: ResourcesDep) -> dict[str, object] | Response:
@@ -624,11 +639,13 @@ async def read_upload_originals(upload_id: uuid.UUID, resources: ResourcesDep) -
     response_class=StreamingResponse,
     responses={
         200: {"content": {"image/png": {}, "image/jpeg": {}, "application/pdf": {}}},
+        307: {"description": "With ERRANDS_STORAGE_PRESIGN: fetch it from this short-lived URL"},
         400: {"model": Problem, "description": "Not a valid file path"},
         404: {"model": Problem, "description": "No such file"},
+        503: {"model": Problem, "description": "The storage is out of reach"},
     },
 )
-async def download_file(path: str, resources: ResourcesDep) -> StreamingResponse:
+async def download_file(path: str, resources: ResourcesDep) -> Response:
     """Download a stored original, PNG or preview by the path an upload reported: `GET <path>`
     (the path starts with `/files/`; `/files/files/...` is taken the same way)."""
     try:
@@ -637,6 +654,9 @@ async def download_file(path: str, resources: ResourcesDep) -> StreamingResponse
         raise ErrandsError(f"invalid file path: {path!r}") from None
     if not await store.is_stored_key(resources.pool, key):
         raise NotFound(f"no file at {file_path(key)}")
+    url = await resources.storage.download_url(key)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
     try:
         chunks: AsyncIterator[bytes] = await resources.storage.read(key)
     except StoredFileMissing:

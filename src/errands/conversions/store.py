@@ -329,13 +329,13 @@ async def _end_file(
         raise LeaseLost(str(file_id))
 
 
-# Back in the queue, due at once and free for any worker: after a crash (the attempt counts) or
-# when the worker stops mid-way (it does not).
+# Back in the queue, free for any worker: after a crash (the attempt counts; due after a delay
+# when the storage was out of reach) or when the worker stops mid-way (it does not).
 REQUEUE_FILE = """
     UPDATE upload_files
        SET status = 'queued',
            attempts = attempts - %(uncounted)s,
-           due_at = now(),
+           due_at = now() + make_interval(secs => %(delay_s)s),
            lease_owner = NULL,
            lease_until = NULL
      WHERE id = %(id)s
@@ -343,10 +343,15 @@ REQUEUE_FILE = """
 """
 
 
-async def requeue_file(pool: Pool, file_id: uuid.UUID, owner: str, *, count_attempt: bool) -> None:
+async def requeue_file(
+    pool: Pool, file_id: uuid.UUID, owner: str, *, count_attempt: bool, delay_s: float = 0.0
+) -> None:
     uncounted = 0 if count_attempt else 1
     async with pool.connection() as conn, conn.transaction():
-        await conn.execute(REQUEUE_FILE, {"id": file_id, "owner": owner, "uncounted": uncounted})
+        await conn.execute(
+            REQUEUE_FILE,
+            {"id": file_id, "owner": owner, "uncounted": uncounted, "delay_s": delay_s},
+        )
         await claims.notify(conn, CHANNEL)
 
 

@@ -29,7 +29,7 @@ from errands.conversions.convert import (
 )
 from errands.core import claims, metrics
 from errands.core.resources import Resources
-from errands.core.storage import StoredFileMissing
+from errands.core.storage import StorageUnavailable, StoredFileMissing
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -71,6 +71,7 @@ class Refused:
 @dataclass(frozen=True)
 class Crashed:
     reason: str
+    retry_after_s: float = 0.0
 
 
 Outcome = Converted | Refused | Crashed
@@ -146,10 +147,13 @@ async def convert_one_file(
             try:
                 async with storage.local_copy(row["original_key"]) as source:
                     outcome = await run_child(settings, source, row["kind"], Path(out_dir), quota)
+                if isinstance(outcome, Converted):
+                    outcome = await _record_pages(resources, owner, row, Path(out_dir), outcome)
             except StoredFileMissing:
                 outcome = Refused("the original file is missing from storage", 0)
-            if isinstance(outcome, Converted):
-                outcome = await _record_pages(resources, owner, row, Path(out_dir), outcome)
+            except StorageUnavailable as error:
+                # Likely the storage's outage, not the file's fault: tried again a little later.
+                outcome = Crashed(error.detail, retry_after_s=settings.conversion_storage_retry_s)
     except asyncio.CancelledError:
         # Shutting down: the file goes back to the queue without counting this attempt.
         await store.requeue_file(pool, file_id, owner, count_attempt=False)
@@ -162,7 +166,9 @@ async def convert_one_file(
     elif isinstance(outcome, Crashed):
         log.warning("conversion_child_crashed", file_id=str(file_id), reason=outcome.reason)
         if attempts < MAX_ATTEMPTS:
-            await store.requeue_file(pool, file_id, owner, count_attempt=True)
+            await store.requeue_file(
+                pool, file_id, owner, count_attempt=True, delay_s=outcome.retry_after_s
+            )
             metrics.CONVERSION_DURATION.labels(outcome="retried").observe(elapsed)
             return
         await store.fail_file(
@@ -224,7 +230,10 @@ async def _record_pages(
 
 async def _delete_keys(resources: Resources, keys: list[str]) -> None:
     for key in keys:
-        await resources.storage.delete(key)
+        try:
+            await resources.storage.delete(key)
+        except StorageUnavailable:  # never served without its row; a retry overwrites it
+            log.warning("conversion_output_left_in_storage", key=key)
 
 
 def child_command() -> list[str]:

@@ -11,7 +11,7 @@ from errands.config import Settings
 from errands.core.bus import Bus, open_bus
 from errands.core.db import Pool, apply_migrations, database_url, open_pool
 from errands.core.http import GuardedClient
-from errands.core.storage import LocalStorage, Storage
+from errands.core.storage import Storage, open_storage
 
 __all__ = ["Resources", "get_resources", "open_resources"]
 
@@ -28,7 +28,8 @@ class Resources:
 
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
-    """Start or reach PostgreSQL, migrate it, and open the pool, the HTTP client and the bus."""
+    """Start or reach PostgreSQL, migrate it, and open the pool, the HTTP client, the bus and
+    the file storage."""
     url = await asyncio.to_thread(database_url, settings)
     await apply_migrations(url)
     async with AsyncExitStack() as stack:
@@ -37,7 +38,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         http = await stack.enter_async_context(GuardedClient.from_settings(settings))
         bus = await stack.enter_async_context(open_bus(settings))
-        storage = LocalStorage.under_data_dir(settings.data_dir)
+        storage = await stack.enter_async_context(open_storage(settings))
         yield Resources(
             settings=settings, database_url=url, pool=pool, http=http, bus=bus, storage=storage
         )
