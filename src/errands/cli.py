@@ -149,9 +149,12 @@ WORKER_LOOPS = [name for name in LOOPS if name != "sink"]
 
 
 def worker_loops(only: str | None, *, kafka: bool) -> list[str]:
-    """The loops chosen (all by default), and the sink beside the monitors when there is no Kafka:
-    their check results then reach no other process, and would pile up unstored."""
+    """The loops chosen (all by default), the deliveries beside the timers (which send their
+    webhooks through them), and the sink beside the monitors when there is no Kafka: their check
+    results then reach no other process, and would pile up unstored."""
     loops = WORKER_LOOPS if only is None else pick(only, WORKER_LOOPS)
+    if "timers" in loops and "deliveries" not in loops:
+        loops = [*loops, "deliveries"]
     return [*loops, "sink"] if "monitors" in loops and not kafka else loops
 
 
@@ -189,10 +192,17 @@ def sink() -> None:
 
 @app.command()
 def migrate() -> None:
-    """Apply pending database migrations and exit."""
+    """Apply pending database migrations and exit. With API keys on, a database that never had a
+    key gets an admin key, printed this once."""
     settings = _settings()
     applied = asyncio.run(apply_migrations(database_url(settings)))
     typer.echo("\n".join(f"applied {name}" for name in applied) or "database is up to date")
+    if settings.api_keys_enabled:
+        made = asyncio.run(_with_connection(settings, auth.create_bootstrap_key))
+        if made is not None:
+            key, secret = made
+            typer.echo(f"bootstrap API key {key.id} (admin scope, shown only this once): {secret}")
+            typer.echo(f"once narrower keys exist: errands keys revoke {key.id}")
 
 
 keys = typer.Typer(help="API keys, checked when ERRANDS_API_KEYS_ENABLED=true.")

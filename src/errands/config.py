@@ -1,12 +1,13 @@
 """Settings, read from `ERRANDS_*` environment variables and built once at each entry point."""
 
+import base64
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["Settings", "SettingsError", "decode_webhook_secrets", "load_settings"]
 
 
 class Settings(BaseSettings):
@@ -40,6 +41,9 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
     kafka_enable_idempotence: bool = True
+    kafka_request_timeout_ms: int = Field(default=10_000, ge=1000)
+    kafka_publish_wait_s: float = Field(default=2.0, gt=0)  # then the checker moves on
+    kafka_publish_queue_max: int = Field(default=100_000, ge=1)  # results held while Kafka is out
 
     # Titles (the 10 s cap is the API's promise, so it can be lowered but never raised)
     titles_timeout_s: float = Field(default=10.0, gt=0, le=10)
@@ -55,6 +59,8 @@ class Settings(BaseSettings):
     monitor_default_timeout_s: float = Field(default=10.0, gt=0, le=60)
     monitor_max_in_flight: int = Field(default=2000, ge=1)
     monitor_regex_timeout_s: float = Field(default=0.25, gt=0)
+    # A dead checker's monitors are checked again after this; renewed while a long check runs.
+    monitor_lease_s: float = Field(default=15.0, gt=0)
     kafka_topic_partitions: int = Field(default=6, ge=1)
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
     sink_batch_size: int = Field(default=5000, ge=1)
@@ -63,15 +69,30 @@ class Settings(BaseSettings):
 
     # Timers
     timer_max_total_s: int = Field(default=365 * 24 * 3600, ge=1)
-    timer_webhook_secret: str | None = None  # set: each webhook carries an Errands-Signature
-    timer_webhook_timeout_s: float = Field(default=10.0, gt=0)
-    timer_max_attempts: int = Field(default=12, ge=1)
-    timer_retry_base_s: float = Field(default=1.0, gt=0)
-    timer_retry_max_s: float = Field(default=3600.0, gt=0)
-    timer_lease_s: float = Field(default=30.0, gt=0)
-    timer_batch_size: int = Field(default=256, ge=1)
-    timer_max_in_flight: int = Field(default=512, ge=1)
-    timer_poll_interval_s: float = Field(default=1.0, gt=0)
+
+    # Webhook deliveries (every webhook Errands sends: timers, alerts, callbacks)
+    webhook_secret: str | None = None  # space-separated whsec_<base64> secrets: sign with each
+    delivery_timeout_s: float = Field(default=10.0, gt=0)  # per attempt, once a host slot is free
+    delivery_max_per_host: int = Field(default=16, ge=1, le=32)  # the HTTP client opens 32 a host
+    delivery_max_attempts: int = Field(default=12, ge=1)
+    delivery_retry_base_s: float = Field(default=1.0, gt=0)
+    delivery_retry_max_s: float = Field(default=3600.0, gt=0)
+    delivery_retry_after_max_s: float = Field(default=3600.0, ge=0)  # cap on a receiver's wish
+    delivery_lease_s: float = Field(default=30.0, gt=0)
+    delivery_batch_size: int = Field(default=256, ge=1)
+    delivery_max_in_flight: int = Field(default=512, ge=1)
+    delivery_poll_interval_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def secrets_are_standard_webhooks_keys(cls, text: str | None) -> str | None:
+        decode_webhook_secrets(text or "")
+        return text
+
+    @property
+    def webhook_keys(self) -> list[bytes]:
+        """The HMAC keys of `webhook_secret`; every webhook is signed with each."""
+        return decode_webhook_secrets(self.webhook_secret or "")
 
     # Operations: API keys, request limits, rollout, metrics of processes without the API
     api_keys_enabled: bool = False
@@ -104,6 +125,21 @@ class Settings(BaseSettings):
     storage_url: str | None = Field(default=None, pattern=r"^s3://[^/?#]+(/[^?#]*)?$")
     storage_presign: bool = False  # GET /files answers 307 to a presigned URL of the bucket
     storage_presign_ttl_s: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+
+
+def decode_webhook_secrets(text: str) -> list[bytes]:
+    """The keys of space-separated `whsec_<base64>` secrets (the Standard Webhooks form);
+    ValueError names the first bad one."""
+    keys = []
+    for position, secret in enumerate(text.split(), start=1):
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            key = b""
+        if not secret.startswith("whsec_") or not key:
+            raise ValueError(f"secret {position} is not of the form whsec_<base64>")
+        keys.append(key)
+    return keys
 
 
 class SettingsError(Exception):
