@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from errands.config import Settings
+from errands.console.access import mount_console
 from errands.conversions.api import router as conversions_router
 from errands.core.auth import PUBLIC_PATHS, ApiKeyMiddleware
 from errands.core.errors import ErrandsError
@@ -110,6 +111,7 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
 
     for router in (titles_router, stats_router, timers_router, conversions_router, monitors_router):
         app.include_router(router)
+    mount_console(app)
     return app
 
 

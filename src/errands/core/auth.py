@@ -2,7 +2,8 @@
 
 A route needs the scope named by its router's tag (titles, stats, timers, conversions,
 monitors); a route without one of those tags needs `admin`, and an `admin` key opens every
-route. /healthz, /readyz, /metrics and the API documentation stay open.
+route. /healthz, /readyz, /metrics and the API documentation stay open. The console's pages
+check its own session cookie instead (console/session.py), and the status page is public.
 """
 
 import hashlib
@@ -30,7 +31,10 @@ __all__ = [
     "ApiKeyMiddleware",
     "Connection",
     "create_key",
+    "find_key",
+    "get_key",
     "hash_key",
+    "is_open_path",
     "list_keys",
     "revoke_key",
 ]
@@ -43,6 +47,9 @@ SHOWN_PREFIX_CHARS = len(KEY_PREFIX) + 6
 PUBLIC_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )
+# Pages of the console, which signs people in with a key once and then reads its own cookie.
+CONSOLE_PATHS = frozenset({"/", "/status"})
+CONSOLE_PREFIX = "/console/"
 # Bounds the memory the lookup cache can take, whatever keys clients send.
 MAX_CACHED_KEYS = 10_000
 
@@ -96,7 +103,18 @@ FIND_KEY = """
      WHERE key_hash = %(key_hash)s
 """
 
+GET_KEY = """
+    SELECT id, name, prefix, scopes, created_at, revoked_at
+      FROM api_keys
+     WHERE id = %(id)s
+"""
+
 Connection = psycopg.AsyncConnection[dict[str, Any]]
+
+
+def is_open_path(path: str) -> bool:
+    """Paths the key middleware lets through: public ones, and the console's own."""
+    return path in PUBLIC_PATHS or path in CONSOLE_PATHS or path.startswith(CONSOLE_PREFIX)
 
 
 async def create_key(conn: Connection, name: str, scopes: Iterable[str]) -> tuple[ApiKey, str]:
@@ -130,6 +148,19 @@ async def revoke_key(conn: Connection, key_id: uuid.UUID) -> ApiKey | None:
     return None if row is None else ApiKey(**row)
 
 
+async def find_key(conn: Connection, secret: str) -> ApiKey | None:
+    """The key whose secret this is, revoked or not; None for a secret no key has."""
+    cursor = await conn.execute(FIND_KEY, {"key_hash": hash_key(secret)})
+    row = await cursor.fetchone()
+    return None if row is None else ApiKey(**row)
+
+
+async def get_key(conn: Connection, key_id: uuid.UUID) -> ApiKey | None:
+    cursor = await conn.execute(GET_KEY, {"id": key_id})
+    row = await cursor.fetchone()
+    return None if row is None else ApiKey(**row)
+
+
 async def list_keys(conn: Connection) -> list[ApiKey]:
     cursor = await conn.execute(LIST_KEYS)
     return [ApiKey(**row) for row in await cursor.fetchall()]
@@ -149,7 +180,7 @@ class ApiKeyMiddleware:
         self._scoped_routes: list[tuple[BaseRoute, str]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or is_open_path(scope["path"]):
             await self.app(scope, receive, send)
             return
         refusal = await self._refusal(scope)
