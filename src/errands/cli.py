@@ -171,10 +171,17 @@ def sink() -> None:
 
 @app.command()
 def migrate() -> None:
-    """Apply pending database migrations and exit."""
+    """Apply pending database migrations and exit. With API keys on, a database that never had a
+    key gets an admin key, printed this once."""
     settings = _settings()
     applied = asyncio.run(apply_migrations(database_url(settings)))
     typer.echo("\n".join(f"applied {name}" for name in applied) or "database is up to date")
+    if settings.api_keys_enabled:
+        made = asyncio.run(_with_connection(settings, auth.create_bootstrap_key))
+        if made is not None:
+            key, secret = made
+            typer.echo(f"bootstrap API key {key.id} (admin scope, shown only this once): {secret}")
+            typer.echo(f"once narrower keys exist: errands keys revoke {key.id}")
 
 
 keys = typer.Typer(help="API keys, checked when ERRANDS_API_KEYS_ENABLED=true.")
