@@ -36,3 +36,12 @@ async def form_token(client: httpx.AsyncClient, page: str) -> str:
     found = TOKEN.search(response.text)
     assert found is not None, f"no form token on {page}: {response.status_code}"
     return found.group(1)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keep each test's call report on it, so the browser fixture knows it failed."""
+    report = yield
+    if call.when == "call":
+        item.call_report = report  # type: ignore[attr-defined]
+    return report
