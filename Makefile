@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEPENDS := $(BIN)/python pyproject.toml constraints.txt
 
-.PHONY: run test lint bench format clean image image-test
+.PHONY: run test lint bench format clean image image-test stack-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ image:
 
 image-test:
 	deploy/scripts/image-test.sh
+
+# The stack's checks are tests/test_stack.py, run with the dev tools.
+stack-test: $(VENV)/.installed-dev
+	deploy/scripts/stack-test.sh
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix src tests bench

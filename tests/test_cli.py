@@ -28,11 +28,12 @@ def test_pick_refuses_unknown_names_and_an_empty_choice(text: str) -> None:
 @pytest.mark.parametrize(
     ("only", "kafka", "loops"),
     [
-        (None, True, ["timers", "monitors", "conversions"]),
-        (None, False, ["timers", "monitors", "conversions", "sink"]),
+        (None, True, ["deliveries", "timers", "monitors", "conversions"]),
+        (None, False, ["deliveries", "timers", "monitors", "conversions", "sink"]),
         ("monitors", True, ["monitors"]),
         ("monitors", False, ["monitors", "sink"]),
-        ("timers", False, ["timers"]),
+        ("timers", False, ["timers", "deliveries"]),
+        ("deliveries", False, ["deliveries"]),
     ],
 )
 def test_without_kafka_a_worker_running_monitors_runs_their_sink(

@@ -27,6 +27,7 @@ from errands.core.http import GuardedClient
 from errands.core.logging import configure_logging
 from errands.core.metrics import serve_metrics
 from errands.core.resources import open_resources
+from errands.core.server import guarded_http_protocol
 from errands.loops import LOOPS, run_loops
 from errands.monitors.sync import SitesFileError, read_sites, sync_sites
 from errands.titles.api import TitlesResponse, titles_response
@@ -89,7 +90,11 @@ def http_server(settings: Settings, loops: Sequence[str]) -> DrainingServer:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_http_protocol(
+            header_timeout_s=settings.server_header_timeout_s,
+            body_idle_timeout_s=settings.server_body_idle_timeout_s,
+            max_connections=settings.server_max_connections,
+        ),
         log_config=None,
         access_log=False,
         # uvicorn takes whole seconds; rounding down would cut requests short (0.5 s would be none).
@@ -132,9 +137,12 @@ WORKER_LOOPS = [name for name in LOOPS if name != "sink"]
 
 
 def worker_loops(only: str | None, *, kafka: bool) -> list[str]:
-    """The loops chosen (all by default), and the sink beside the monitors when there is no Kafka:
-    their check results then reach no other process, and would pile up unstored."""
+    """The loops chosen (all by default), the deliveries beside the timers (which send their
+    webhooks through them), and the sink beside the monitors when there is no Kafka: their check
+    results then reach no other process, and would pile up unstored."""
     loops = WORKER_LOOPS if only is None else pick(only, WORKER_LOOPS)
+    if "timers" in loops and "deliveries" not in loops:
+        loops = [*loops, "deliveries"]
     return [*loops, "sink"] if "monitors" in loops and not kafka else loops
 
 

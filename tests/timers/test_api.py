@@ -36,8 +36,8 @@ async def test_create_returns_id_and_seconds_left_as_in_the_spec(
     # Committed before the id came back: another connection sees it at once.
     async with pool.connection() as conn:
         cursor = await conn.execute(
-            "SELECT url, status, extract(epoch FROM fire_at - created_at) AS delay"
-            " FROM timers WHERE id = %s",
+            "SELECT t.url, d.status, extract(epoch FROM t.fire_at - t.created_at) AS delay"
+            " FROM timers AS t JOIN deliveries AS d USING (id) WHERE id = %s",
             (body["id"],),
         )
         row = await cursor.fetchone()
@@ -156,7 +156,7 @@ async def test_cancel_stops_a_pending_timer_once(api: httpx.AsyncClient, pool: P
     assert response.json()["time_left"] == 0
     assert (await api.get(f"/timer/{created['id']}")).json()["status"] == "cancelled"
     async with pool.connection() as conn:
-        cursor = await conn.execute("SELECT due_at FROM timers WHERE id = %s", (created["id"],))
+        cursor = await conn.execute("SELECT due_at FROM deliveries WHERE id = %s", (created["id"],))
         assert await cursor.fetchone() == {"due_at": None}  # never claimed again
     again = await api.delete(f"/timer/{created['id']}")
     assert again.status_code == 409
@@ -170,11 +170,13 @@ async def test_cancel_refuses_a_fired_timer_or_one_being_fired(
     firing = (await api.post("/timer", json={"url": HOOK})).json()
     async with pool.connection() as conn:
         await conn.execute(
-            "UPDATE timers SET status = 'fired', due_at = NULL, fired_at = now() WHERE id = %s",
+            "UPDATE deliveries SET status = 'delivered', due_at = NULL, delivered_at = now()"
+            " WHERE id = %s",
             (fired["id"],),
         )
         await conn.execute(
-            "UPDATE timers SET lease_owner = 'someone', lease_until = now() + interval '1 minute'"
+            "UPDATE deliveries SET lease_owner = 'someone',"
+            " lease_until = now() + interval '1 minute'"
             " WHERE id = %s",
             (firing["id"],),
         )

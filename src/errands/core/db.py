@@ -1,5 +1,6 @@
 """PostgreSQL: the embedded server when no URL is set, the connection pool, and the migrations."""
 
+import asyncio
 import re
 import warnings
 from collections.abc import AsyncIterator
@@ -14,9 +15,48 @@ from psycopg_pool import AsyncConnectionPool
 
 from errands.config import Settings
 
-__all__ = ["Pool", "apply_migrations", "database_url", "open_pool", "start_embedded_postgres"]
+__all__ = [
+    "DatabaseTimeout",
+    "Pool",
+    "apply_migrations",
+    "database_url",
+    "open_pool",
+    "start_embedded_postgres",
+]
 
-Pool = AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]]
+Connection = psycopg.AsyncConnection[dict[str, Any]]
+
+
+class DatabaseTimeout(psycopg.OperationalError):
+    """The database did not finish within the deadline: it is frozen, overloaded or unreachable.
+    An `OperationalError`, so routes answer 503 and loops back off as for a lost database."""
+
+
+class Pool(AsyncConnectionPool[Connection]):
+    """A pool whose every use of a connection, the wait for one included, ends within
+    `deadline_s`. The server enforces the same bound on each statement (`statement_timeout`);
+    this one also holds when the server cannot answer at all."""
+
+    def __init__(self, url: str, *, deadline_s: float, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.deadline_s = deadline_s
+
+    @asynccontextmanager
+    async def connection(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 (psycopg_pool's signature)
+    ) -> AsyncIterator[Connection]:
+        try:
+            async with asyncio.timeout(self.deadline_s) as deadline:
+                async with super().connection(timeout) as conn:
+                    yield conn
+        except TimeoutError as error:
+            if not deadline.expired():
+                raise  # the caller's own timeout, not ours
+            raise DatabaseTimeout(
+                f"the database did not answer within {self.deadline_s:g} s"
+            ) from error
+
 
 # Any 64-bit constant unique to this project; every process takes it before migrating.
 MIGRATION_LOCK_KEY = 0x6572_7261_6E64_73
@@ -46,15 +86,24 @@ def database_url(settings: Settings) -> str:
 
 
 @asynccontextmanager
-async def open_pool(url: str, max_size: int, timeout_s: float = 10.0) -> AsyncIterator[Pool]:
+async def open_pool(
+    url: str, max_size: int, timeout_s: float = 10.0, deadline_s: float = 10.0
+) -> AsyncIterator[Pool]:
     """An autocommit pool of dict-row connections; open transactions explicitly. A caller waits
-    at most `timeout_s` for a connection, then gets `PoolTimeout` (an `OperationalError`)."""
-    pool: Pool = AsyncConnectionPool(
+    at most `timeout_s` for a connection, then gets `PoolTimeout` (an `OperationalError`), and
+    is done with it within `deadline_s`, else gets `DatabaseTimeout` (one too)."""
+    statement_timeout_ms = max(round(deadline_s * 1000), 1)
+    pool = Pool(
         url,
+        deadline_s=deadline_s,
         min_size=1,
         max_size=max_size,
         timeout=timeout_s,
-        kwargs={"autocommit": True, "row_factory": dict_row},
+        kwargs={
+            "autocommit": True,
+            "row_factory": dict_row,
+            "options": f"-c statement_timeout={statement_timeout_ms}",
+        },
         open=False,
         name="errands",
     )

@@ -33,7 +33,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     await apply_migrations(url)
     async with AsyncExitStack() as stack:
         pool = await stack.enter_async_context(
-            open_pool(url, settings.db_pool_max, settings.db_pool_timeout_s)
+            open_pool(
+                url,
+                settings.db_pool_max,
+                settings.db_pool_timeout_s,
+                settings.db_statement_timeout_s,
+            )
         )
         http = await stack.enter_async_context(GuardedClient.from_settings(settings))
         bus = await stack.enter_async_context(open_bus(settings))
