@@ -1,5 +1,6 @@
 """The console's pages over HTTP, and the typed objects each page is given."""
 
+import asyncio
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -7,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from fastapi import FastAPI, Request
 
+from errands.config import Settings
 from errands.console import pages
 from errands.console.session import Viewer
 from errands.console.templating import CONTENT_SECURITY_POLICY, static_files
@@ -16,6 +18,8 @@ from errands.monitors.results import CheckResult, encode_check
 from errands.monitors.sink import store_batch
 from errands.stats.recorder import StatsRecorder
 from tests.console.conftest import form_token
+from tests.fixtures.app import serve_app
+from tests.fixtures.targets import TargetServer
 
 
 def check(monitor_id: uuid.UUID, at: datetime, *, up: bool) -> CheckResult:
@@ -301,3 +305,40 @@ async def test_a_timer_is_shown_and_cancelled_from_its_page(api: httpx.AsyncClie
     assert again.status_code == 409 and "already cancelled" in again.text
     missing = await api.get(f"/console/timers/{uuid.uuid4()}")
     assert missing.status_code == 404 and "<h1>Not found</h1>" in missing.text
+
+
+async def test_timers_are_listed_by_status_with_their_attempts_and_a_failed_one_is_retried(
+    settings: Settings, target_server: TargetServer
+) -> None:
+    hook = target_server.route("/hook", status=410)
+    async with serve_app(settings, loops=["deliveries"]) as app:
+        api = app.client
+        failing = (await api.post("/timer", json={"seconds": 0, "url": hook})).json()["id"]
+        later = (await api.post("/timer", json={"hours": 3, "url": hook})).json()["id"]
+        await until(api, failing, "failed")
+
+        failed_list = await api.get("/console/timers", params={"status": "failed"})
+        assert failing in failed_list.text and later not in failed_list.text
+        everything = await api.get("/console/timers")
+        assert failing in everything.text and later in everything.text
+        assert "Timers (1 pending)" in everything.text
+        detail = await api.get(f"/console/timers/{failing}")
+        assert "410" in detail.text and "Retry now" in detail.text
+        assert "Cancel timer" not in detail.text
+
+        target_server.route("/hook", status=200)
+        token = await form_token(api, f"/console/timers/{failing}")
+        retried = await api.post(f"/console/timers/{failing}/retry", data={"csrf_token": token})
+        assert retried.status_code == 303
+        await until(api, failing, "fired")
+        again = await api.post(f"/console/timers/{failing}/retry", data={"csrf_token": token})
+        assert again.status_code == 409 and "not failed" in again.text
+        bad_cursor = await api.get("/console/timers", params={"cursor": "nonsense"})
+        assert bad_cursor.status_code == 422 and "cursor" in bad_cursor.text
+
+
+async def until(api: httpx.AsyncClient, timer_id: str, status: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 20
+    while (await api.get(f"/timer/{timer_id}")).json()["status"] != status:
+        assert asyncio.get_running_loop().time() < deadline, f"timer never {status}"
+        await asyncio.sleep(0.1)

@@ -23,6 +23,7 @@ from errands.console.session import PageError, Viewer, checked_form, current_vie
 from errands.console.templating import render
 from errands.conversions import api as conversions_api
 from errands.conversions import store as conversions_store
+from errands.core.delivery import BadCursor
 from errands.core.errors import ErrandsError
 from errands.core.resources import Resources, get_resources
 from errands.monitors import api as monitors_api
@@ -38,13 +39,14 @@ __all__ = [
     "MonitorsPage",
     "OverviewPage",
     "StatsPage",
-    "TimerPage",
+    "TimerDetailPage",
     "TimersPage",
     "UploadPage",
     "UploadsPage",
     "build_monitor_detail",
     "build_monitors_page",
     "build_overview",
+    "build_timers_page",
     "router",
 ]
 
@@ -535,35 +537,73 @@ async def delete_monitor(
 class TimersPage:
     title: str
     pending: int
+    status: timers_api.ListedStatus | None
+    timers: list[timers_api.TimerView]
+    next_cursor: str | None
+
+    def link(self, cursor: str | None = None) -> str:
+        """This listing's URL, keeping the status filter, at `cursor` (None: the first page)."""
+        query = {"status": self.status or "", "cursor": cursor or ""}
+        return "/console/timers?" + urlencode({k: v for k, v in query.items() if v})
 
 
 @dataclass(frozen=True)
-class TimerPage:
+class TimerDetailPage:
     title: str
     timer: timers_api.TimerView
+    attempts: list[timers_api.TimerAttempt]
     cancellable: bool
+    retryable: bool
 
 
 OpenId = Annotated[
     uuid.UUID | None, Query(description="Open this one", examples=[uuid.UUID(int=1)])
 ]
+TimerStatusFilter = Annotated[
+    Literal["", "pending", "fired", "failed", "cancelled"],
+    Query(description="Only timers in this state; empty for all", examples=["failed"]),
+]
+TIMERS_PER_PAGE = 50
+
+
+async def build_timers_page(
+    resources: Resources, status: timers_api.ListedStatus | None, cursor: str | None
+) -> TimersPage:
+    try:
+        rows, next_cursor = await timers_store.list_timers(
+            resources.pool, status=status, limit=TIMERS_PER_PAGE, cursor=cursor
+        )
+    except BadCursor as error:
+        raise PageError(422, f"cursor: {error}") from None
+    pending = await timers_store.count_pending(resources.pool)
+    return TimersPage(
+        title=f"Timers ({pending} pending)",
+        pending=pending,
+        status=status,
+        timers=[timers_api.TimerView.model_validate(row) for row in rows],
+        next_cursor=next_cursor,
+    )
 
 
 @router.get(
     "/console/timers",
     summary="Timers",
     response_class=HTMLResponse,
-    responses=html_answers(303, 403),
+    responses=html_answers(303, 403, 422),
 )
 async def timers(
-    request: Request, resources: ResourcesDep, viewer: ViewerDep, id: OpenId = None
+    request: Request,
+    resources: ResourcesDep,
+    viewer: ViewerDep,
+    id: OpenId = None,
+    status: TimerStatusFilter = "",
+    cursor: Annotated[str | None, Query(max_length=200, description="From `Next page`")] = None,
 ) -> Response:
-    """How many timers are pending, and a form to open one by its id."""
+    """Timers newest first, 50 a page, filtered by status; a form to open one by its id."""
     require_scope(viewer, "timers")
     if id is not None:
         return _redirect(f"/console/timers/{id}")
-    pending = await timers_store.count_pending(resources.pool)
-    page = TimersPage(title=f"Timers ({pending} pending)", pending=pending)
+    page = await build_timers_page(resources, status or None, cursor)
     return await render(
         request, resources, "timers.html", viewer=viewer, section="timers", page=page
     )
@@ -586,11 +626,18 @@ async def _timer(resources: Resources, timer_id: uuid.UUID) -> timers_api.TimerV
 async def timer_detail(
     request: Request, resources: ResourcesDep, viewer: ViewerDep, timer_id: uuid.UUID
 ) -> HTMLResponse:
-    """One timer: its status, seconds left, attempts and last error, and a cancel button while
-    it is pending."""
+    """One timer: its status, seconds left and the log of its webhook attempts; a cancel button
+    while it is pending, a retry button once it failed."""
     require_scope(viewer, "timers")
     timer = await _timer(resources, timer_id)
-    page = TimerPage(f"Timer {timer.id} ({timer.status})", timer, timer.status == "pending")
+    attempts = await timers_api.get_timer_attempts(timer_id, resources)
+    page = TimerDetailPage(
+        title=f"Timer {timer.id} ({timer.status})",
+        timer=timer,
+        attempts=[timers_api.TimerAttempt.model_validate(row) for row in attempts],
+        cancellable=timer.status == "pending",
+        retryable=timer.status == "failed",
+    )
     return await render(
         request, resources, "timer.html", viewer=viewer, section="timers", page=page
     )
@@ -611,6 +658,26 @@ async def cancel_timer(
     await checked_form(request, resources)
     try:
         await timers_api.cancel_timer(timer_id, resources)
+    except ErrandsError as error:
+        raise _page_error(error) from None
+    return _redirect(f"/console/timers/{timer_id}")
+
+
+@router.post(
+    "/console/timers/{timer_id}/retry",
+    summary="Retry a failed timer",
+    response_class=HTMLResponse,
+    responses=html_answers(303, 403, 404, 409),
+    openapi_extra=form_body({}, {}),
+)
+async def retry_timer(
+    request: Request, resources: ResourcesDep, viewer: ViewerDep, timer_id: uuid.UUID
+) -> RedirectResponse:
+    """Send a failed timer's webhook again, as `POST /timer/{id}/retry` does; then show it."""
+    require_scope(viewer, "timers")
+    await checked_form(request, resources)
+    try:
+        await timers_api.retry_timer(timer_id, resources)
     except ErrandsError as error:
         raise _page_error(error) from None
     return _redirect(f"/console/timers/{timer_id}")
