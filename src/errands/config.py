@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     server_body_idle_timeout_s: float = Field(default=30.0, gt=0, le=600)  # between body bytes
     server_max_connections: int = Field(default=1000, ge=1)  # more are closed when accepted
 
+    # Console: how long a sign-in lasts, and how long the public status page is cached
+    console_session_s: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
+    status_cache_s: float = Field(default=30.0, ge=0, le=3600)
+
     # Conversions: upload limits, output size, and the child processes that convert
     upload_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)  # one request, all files
     upload_max_files: int = Field(default=50, ge=1)
