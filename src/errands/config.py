@@ -70,6 +70,7 @@ class Settings(BaseSettings):
 
     # Timers
     timer_max_total_s: int = Field(default=365 * 24 * 3600, ge=1)
+    schedule_lease_s: float = Field(default=10.0, gt=0)  # queueing one occurrence: a transaction
 
     # Webhook deliveries (every webhook Errands sends: timers, alerts, callbacks)
     webhook_secret: str | None = None  # space-separated whsec_<base64> secrets: sign with each
