@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     delivery_batch_size: int = Field(default=256, ge=1)
     delivery_max_in_flight: int = Field(default=512, ge=1)
     delivery_poll_interval_s: float = Field(default=1.0, gt=0)
+    # Deliveries are claimed this long before they are due and sent on time from memory.
+    delivery_lookahead_s: float = Field(default=0.25, ge=0, le=5)
 
     @field_validator("webhook_secret")
     @classmethod

@@ -251,3 +251,23 @@ async def test_deliveries_list_newest_first_in_keyset_pages(resources: Resources
     assert cancelled["id"] == ids[0]
     with pytest.raises(delivery.BadCursor):
         await delivery.list_deliveries(resources.pool, cursor="not-a-cursor")
+
+
+async def test_a_delivery_claimed_ahead_waits_in_memory_and_is_never_early(
+    settings: Settings, target_server: TargetServer
+) -> None:
+    url = target_server.route("/on-time")
+    async with deliveries_running(settings, delivery_lookahead_s=1.0) as resources:
+        due_at = datetime.now(UTC) + timedelta(seconds=0.6)
+        delivery_id = await enqueue(resources, url, due_at=due_at)
+        await asyncio.sleep(0.3)
+        async with resources.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT lease_until > now() AS held FROM deliveries WHERE id = %s", (delivery_id,)
+            )
+            held_before_due = await cursor.fetchone()
+        done = await settled(resources, delivery_id)
+
+    assert held_before_due == {"held": True}, "claimed within the lookahead"
+    [attempt] = done["attempt_log"]
+    assert attempt["attempted_at"] >= due_at

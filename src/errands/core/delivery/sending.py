@@ -279,6 +279,7 @@ async def deliver_webhooks(resources: Resources, stop: asyncio.Event) -> None:
         batch_size=settings.delivery_batch_size,
         max_in_flight=settings.delivery_max_in_flight,
         poll_interval_s=settings.delivery_poll_interval_s,
+        lookahead=timedelta(seconds=settings.delivery_lookahead_s),
     )
     await claims.run_claim_loop(
         queue,
