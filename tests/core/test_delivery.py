@@ -131,8 +131,14 @@ async def test_a_slow_host_delays_no_other_and_its_queue_does_not_time_out(
     slow = target_server.route("/slow", delay_s=1.0)
     # Another host name for the same server: the limit is per destination host.
     fast = target_server.route("/fast").replace("127.0.0.1", "localhost")
+    # 16 places: the slow host may hold 8 (4 sending, 4 waiting); the rest of its deliveries are
+    # put back for a moment, so the fast host always finds a place.
     async with deliveries_running(
-        settings, delivery_max_per_host=4, delivery_timeout_s=1.5, **FAST
+        settings,
+        delivery_max_per_host=4,
+        delivery_max_in_flight=16,
+        delivery_timeout_s=1.5,
+        **FAST,
     ) as resources:
         slow_ids = [await enqueue(resources, slow) for _ in range(24)]
         await wait_for_hits(target_server, "/slow", 4)
@@ -149,7 +155,7 @@ async def test_a_slow_host_delays_no_other_and_its_queue_does_not_time_out(
 
 
 async def test_host_slots_admit_the_limit_and_no_more() -> None:
-    slots = HostSlots(limit=2)
+    slots = HostSlots(limit=2, max_held=4)
     running = 0
     most = 0
     release = asyncio.Event()

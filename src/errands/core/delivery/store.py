@@ -4,7 +4,7 @@ import base64
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
@@ -18,6 +18,7 @@ __all__ = [
     "CHANNEL",
     "AttemptRecord",
     "BadCursor",
+    "Deferred",
     "NewDelivery",
     "Status",
     "cancel",
@@ -91,14 +92,15 @@ RECORD_ATTEMPTS = """
     SELECT id FROM recorded
 """
 
-# A delivery put back for later without an attempt: its host had no free slot.
+# Deliveries put back for a moment without an attempt: their host was crowded.
 DEFER = """
-    UPDATE deliveries
-       SET due_at = now() + %(delay)s,
+    UPDATE deliveries AS d
+       SET due_at = now() + later.delay_s * interval '1 second',
            lease_owner = NULL,
            lease_until = NULL
-     WHERE id = %(id)s
-       AND lease_owner = %(owner)s
+      FROM unnest(%(ids)s::uuid[], %(delays_s)s::float8[]) AS later (id, delay_s)
+     WHERE d.id = later.id
+       AND d.lease_owner = %(owner)s
 """
 
 # A delivery being sent right now is left alone: its request may already be on the wire. One
@@ -261,9 +263,22 @@ async def record_attempts(pool: Pool, owner: str, attempts: list[AttemptRecord])
     return [item.id in held for item in attempts]
 
 
-async def defer(pool: Pool, owner: str, delivery_id: uuid.UUID, delay: timedelta) -> None:
+@dataclass(frozen=True)
+class Deferred:
+    id: uuid.UUID
+    delay_s: float
+
+
+async def defer(pool: Pool, owner: str, deferred: list[Deferred]) -> list[None]:
+    """Put deliveries back for their delays, in one statement."""
+    params = {
+        "owner": owner,
+        "ids": [item.id for item in deferred],
+        "delays_s": [item.delay_s for item in deferred],
+    }
     async with pool.connection() as conn:
-        await conn.execute(DEFER, {"owner": owner, "id": delivery_id, "delay": delay})
+        await conn.execute(DEFER, params)
+    return [None] * len(deferred)
 
 
 async def cancel(conn: psycopg.AsyncConnection[Any], delivery_id: uuid.UUID) -> bool:
