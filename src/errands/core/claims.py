@@ -40,6 +40,7 @@ __all__ = [
     "LeaseLapsed",
     "Row",
     "current_lease",
+    "lock_in_id_order",
     "new_owner",
     "notify",
     "run_claim_loop",
@@ -84,6 +85,16 @@ RENEW_LEASES = """
        AND lease_owner = %(owner)s
        AND lease_until > now()
  RETURNING id
+"""
+
+# Batch writers of one table lock their rows in id order first: two batches (a renewal and a
+# worker's batched record of outcomes) that locked them in scan order could deadlock.
+LOCK_ROWS = """
+    SELECT id
+      FROM {table}
+     WHERE id = ANY(%(ids)s)
+     ORDER BY id
+       FOR UPDATE
 """
 
 RELEASE_LEASES = """
@@ -156,6 +167,14 @@ def current_lease() -> Lease | None:
     return _current_lease.get()
 
 
+async def lock_in_id_order(
+    conn: psycopg.AsyncConnection[Any], table: str, ids: list[uuid.UUID]
+) -> None:
+    """Lock rows in id order inside the caller's transaction, before a batch UPDATE of them."""
+    query = sql.SQL(LOCK_ROWS).format(table=sql.Identifier(table))
+    await conn.execute(query, {"ids": ids})
+
+
 async def notify(conn: psycopg.AsyncConnection[Any], channel: str) -> None:
     """Wake the workers listening on `channel` (sent when the surrounding transaction commits)."""
     await conn.execute("SELECT pg_notify(%s, '')", (channel,))
@@ -196,7 +215,8 @@ class ClaimQueue:
 
     async def renew(self, pool: Pool, owner: str, ids: list[uuid.UUID]) -> set[uuid.UUID]:
         """Extend the leases `owner` still holds; return the ids renewed."""
-        async with pool.connection() as conn:
+        async with pool.connection() as conn, conn.transaction():
+            await lock_in_id_order(conn, self.table, ids)
             cursor = await conn.execute(
                 self._query(RENEW_LEASES), {"owner": owner, "lease": self.lease, "ids": ids}
             )

@@ -246,10 +246,11 @@ class AttemptRecord:
 
 async def record_attempts(pool: Pool, owner: str, attempts: list[AttemptRecord]) -> list[bool]:
     """Record a batch of attempts; say of each whether `owner` still held its lease."""
+    ids = [item.id for item in attempts]
     params = {
         "owner": owner,
         "kept": ATTEMPTS_KEPT,
-        "ids": [item.id for item in attempts],
+        "ids": ids,
         "results": [item.result for item in attempts],
         "attempted_at": [item.attempted_at for item in attempts],
         "status_codes": [item.status_code for item in attempts],
@@ -257,7 +258,8 @@ async def record_attempts(pool: Pool, owner: str, attempts: list[AttemptRecord])
         "errors": [item.error for item in attempts],
         "retry_in_s": [item.retry_in_s for item in attempts],
     }
-    async with pool.connection() as conn:
+    async with pool.connection() as conn, conn.transaction():
+        await claims.lock_in_id_order(conn, "deliveries", ids)
         cursor = await conn.execute(RECORD_ATTEMPTS, params)
         held = {row["id"] for row in await cursor.fetchall()}
     return [item.id in held for item in attempts]
@@ -271,12 +273,14 @@ class Deferred:
 
 async def defer(pool: Pool, owner: str, deferred: list[Deferred]) -> list[None]:
     """Put deliveries back for their delays, in one statement."""
+    ids = [item.id for item in deferred]
     params = {
         "owner": owner,
-        "ids": [item.id for item in deferred],
+        "ids": ids,
         "delays_s": [item.delay_s for item in deferred],
     }
-    async with pool.connection() as conn:
+    async with pool.connection() as conn, conn.transaction():
+        await claims.lock_in_id_order(conn, "deliveries", ids)
         await conn.execute(DEFER, params)
     return [None] * len(deferred)
 
