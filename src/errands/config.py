@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     delivery_retry_after_max_s: float = Field(default=3600.0, ge=0)  # cap on a receiver's wish
     delivery_lease_s: float = Field(default=30.0, gt=0)
     delivery_batch_size: int = Field(default=256, ge=1)
-    delivery_max_in_flight: int = Field(default=512, ge=1)
+    # Deliveries in hand, sending or waiting for their host's slot; one host may hold half.
+    delivery_max_in_flight: int = Field(default=4096, ge=2)
     delivery_poll_interval_s: float = Field(default=1.0, gt=0)
     # Deliveries are claimed this long before they are due and sent on time from memory.
     delivery_lookahead_s: float = Field(default=0.25, ge=0, le=5)

@@ -48,7 +48,7 @@ MAX_RESPONSE_BYTES = 1024
 RECORD_RETRY_BASE_S = 0.5
 RECORD_RETRY_MAX_S = 5.0
 # How long a delivery to a crowded host is put back for (with jitter up to double).
-CROWDED_HOST_DEFER_S = 0.25
+CROWDED_HOST_DEFER_S = 0.5
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 Written = TypeVar("Written")
