@@ -212,6 +212,28 @@ class Monitor(BaseModel):
 
 
 class Check(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "check_id": "3c2b1a09-8f7e-4d6c-9b5a-4f3e2d1c0b9a",
+                    "checked_at": "2026-12-01T22:59:00Z",
+                    "up": True,
+                    "status_code": 200,
+                    "response_time_ms": 84.2,
+                    "dns_ms": 3.1,
+                    "connect_ms": 20.4,
+                    "tls_ms": None,
+                    "first_byte_ms": 80.0,
+                    "regex_matched": True,
+                    "error_kind": None,
+                    "error": None,
+                    "tls_expires_at": "2027-02-14T12:00:00Z",
+                }
+            ]
+        }
+    )
+
     check_id: uuid.UUID
     checked_at: datetime
     up: bool
@@ -228,6 +250,25 @@ class Check(BaseModel):
 
 
 class Uptime(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "monitor_id": "0b7c1f4e-2d3a-4c5b-8e9f-1a2b3c4d5e6f",
+                    "since": "2026-11-30T23:00:00Z",
+                    "until": "2026-12-01T23:00:00Z",
+                    "window_s": 86400,
+                    "source": "rollups",
+                    "uptime_pct": 99.931,
+                    "checks": 1440,
+                    "p50_ms": 84.2,
+                    "p95_ms": 210.5,
+                    "maintenance_s": 3600.0,
+                }
+            ]
+        }
+    )
+
     monitor_id: uuid.UUID
     since: datetime
     until: datetime
