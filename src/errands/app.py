@@ -28,6 +28,7 @@ from errands.monitors.api import router as monitors_router
 from errands.stats.api import router as stats_router
 from errands.stats.recorder import StatsMiddleware, StatsRecorder, flush_stats_until
 from errands.timers.api import router as timers_router
+from errands.titles.api import previews_router
 from errands.titles.api import router as titles_router
 
 __all__ = ["create_app"]
@@ -108,7 +109,14 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
             )
         return JSONResponse({"status": "ready"})
 
-    for router in (titles_router, stats_router, timers_router, conversions_router, monitors_router):
+    for router in (
+        titles_router,
+        previews_router,
+        stats_router,
+        timers_router,
+        conversions_router,
+        monitors_router,
+    ):
         app.include_router(router)
     return app
 
