@@ -15,7 +15,7 @@ def read_title(body: bytes, content_type: str | None = "text/html", chunk: int =
     for start in range(0, len(body), step):
         if reader.feed(body[start : start + step]):
             break
-    return reader.title()
+    return reader.result()
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_reading_stops_as_soon_as_the_title_closes() -> None:
     reader = TitleReader("text/html; charset=utf-8")
     assert not reader.feed(b"<html><head><title>Quick")
     assert reader.feed(b"</title></head>")
-    assert reader.title() == "Quick"
+    assert reader.result() == "Quick"
 
 
 @pytest.mark.parametrize(
@@ -237,7 +237,7 @@ def test_markup_cut_by_a_read_is_read_whole(chunks: list[bytes], title: str) -> 
     reader = TitleReader("text/html; charset=utf-8")
     for chunk in chunks:
         reader.feed(chunk)
-    assert reader.title() == title
+    assert reader.result() == title
 
 
 @pytest.mark.parametrize("unit", [b"<a", b"</a", b'<a x="'])
