@@ -247,3 +247,17 @@ def test_a_page_of_tags_left_open_is_read_in_linear_time(unit: bytes) -> None:
 
     assert read_title(body, "text/html; charset=utf-8", chunk=64 * 1024) is None
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_title_soon_after_an_svg_icon_stops_the_reading_soon_after_it() -> None:
+    # The icon's "</title" makes the reader parse at 8 KB; the real one arrives before the
+    # text has grown enough to parse again, and must still be acted on.
+    head = b"<p>" + b"x" * 7000 + b"<svg><title>icon</title></svg>" + b"x" * 1500
+    body = head + b"<title>Real</title>" + b"<p>filler</p>" * 100_000
+    reader = TitleReader("text/html; charset=utf-8")
+    fed = 0
+    while not reader.feed(body[fed : fed + 1000]):
+        fed += 1000
+        assert fed < len(body)
+    assert fed < 20_000
+    assert reader.result() == "Real"

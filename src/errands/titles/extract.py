@@ -205,6 +205,7 @@ class _HtmlTitle:
         self.length = 0
         self.parsed_length = 0
         self.tail = ""  # the last characters seen, for an end tag split across chunks
+        self.unparsed_end_tag = False  # a "</title" arrived since the last parse
         self.done = False
         self.title: str | None = None
 
@@ -215,11 +216,11 @@ class _HtmlTitle:
         self.length += len(text)
         window = self.tail + text
         self.tail = window[-len("</title") :]
-        if _TITLE_END.search(window) is None:
-            return
-        if self.parsed_length and self.length < self.parsed_length * _REPARSE_GROWTH:
+        self.unparsed_end_tag = self.unparsed_end_tag or _TITLE_END.search(window) is not None
+        if not self.unparsed_end_tag or self.length < self.parsed_length * _REPARSE_GROWTH:
             return
         self.parsed_length = self.length
+        self.unparsed_end_tag = False
         title = html_title(parse_html("".join(self.pieces) + _SENTINEL))
         if title is not None and not title.endswith(_SENTINEL):
             self.title = title
