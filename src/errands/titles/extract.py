@@ -15,9 +15,11 @@ from errands.titles import encoding
 from errands.titles.encoding import Decoder
 
 __all__ = [
+    "SENTINEL",
     "Document",
     "DocumentKind",
     "PageReader",
+    "PartialPage",
     "TitleReader",
     "XmlTitle",
     "collapse_whitespace",
@@ -31,11 +33,12 @@ DocumentKind = Literal["html", "xml"]
 _ASCII_WHITESPACE = re.compile(r"[\t\n\f\r ]+")
 _TITLE_START = re.compile(r"<title", re.IGNORECASE)
 _TITLE_END = re.compile(r"</title", re.IGNORECASE)
-# Appended to a partly read page before parsing it: it lands inside the <title> only while the
-# title is still open, which is how a partial parse tells a finished title from a cut one.
-_SENTINEL = "\uffff"
+# Appended to a partly read page before parsing it: it lands inside an element (the <title>)
+# only while that element is still open, which is how a partial parse tells a finished element
+# from a cut one.
+SENTINEL = "\uffff"
 # A partial page is parsed again only once it has grown by this factor, so a page full of
-# "</title" (SVG icons) costs a bounded number of parses.
+# "</title" (SVG icons) costs a bounded number of parses: about three times its length.
 _REPARSE_GROWTH = 1.5
 # Bytes a page that declares no encoding is read before its encoding is guessed from them.
 DETECTION_BYTES = 64 * 1024
@@ -197,13 +200,36 @@ class _NoTitle:
         pass
 
 
-class _HtmlTitle:
-    """The text read so far, parsed whole once a `</title` suggests the title may be in it."""
+class PartialPage:
+    """The text of a page read so far, and its tree as far as it goes."""
 
     def __init__(self) -> None:
         self.pieces: list[str] = []
         self.length = 0
         self.parsed_length = 0
+
+    def add(self, text: str) -> None:
+        self.pieces.append(text)
+        self.length += len(text)
+
+    @property
+    def parse_due(self) -> bool:
+        return self.length >= self.parsed_length * _REPARSE_GROWTH
+
+    def parse_so_far(self) -> LexborHTMLParser:
+        """The tree of the text read, followed by SENTINEL."""
+        self.parsed_length = self.length
+        return parse_html(self.text() + SENTINEL)
+
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+class _HtmlTitle:
+    """The text read so far, parsed whole once a `</title` suggests the title may be in it."""
+
+    def __init__(self) -> None:
+        self.page = PartialPage()
         self.tail = ""  # the last characters seen, for an end tag split across chunks
         self.unparsed_end_tag = False  # a "</title" arrived since the last parse
         self.done = False
@@ -212,22 +238,20 @@ class _HtmlTitle:
     def feed(self, text: str) -> None:
         if not text:
             return
-        self.pieces.append(text)
-        self.length += len(text)
+        self.page.add(text)
         window = self.tail + text
         self.tail = window[-len("</title") :]
         self.unparsed_end_tag = self.unparsed_end_tag or _TITLE_END.search(window) is not None
-        if not self.unparsed_end_tag or self.length < self.parsed_length * _REPARSE_GROWTH:
+        if not self.unparsed_end_tag or not self.page.parse_due:
             return
-        self.parsed_length = self.length
         self.unparsed_end_tag = False
-        title = html_title(parse_html("".join(self.pieces) + _SENTINEL))
-        if title is not None and not title.endswith(_SENTINEL):
+        title = html_title(self.page.parse_so_far())
+        if title is not None and not title.endswith(SENTINEL):
             self.title = title
             self.done = True
 
     def finish(self) -> None:
-        text = "".join(self.pieces)
+        text = self.page.text()
         # Without a "<title" there is no title element: the tree need not be built.
         if _TITLE_START.search(text) is not None:
             self.title = html_title(parse_html(text))

@@ -11,7 +11,9 @@ from urllib.parse import urljoin, urlsplit
 from selectolax.lexbor import LexborHTMLParser
 
 from errands.titles.extract import (
+    SENTINEL,
     PageReader,
+    PartialPage,
     XmlTitle,
     collapse_whitespace,
     document_kind,
@@ -23,11 +25,6 @@ __all__ = ["LinkPreview", "PreviewReader", "TitleSource", "link_preview"]
 
 TitleSource = Literal["og:title", "twitter:title", "title", "h1"]
 
-# See extract._HtmlTitle: appended before parsing a partial page, it lands inside an element
-# only while that element is still open. The text read is parsed again each time it has grown
-# by half, which bounds the parsing to about three times the bytes read.
-_SENTINEL = "\uffff"
-_REPARSE_GROWTH = 1.5
 _ASCII_WHITESPACE = "\t\n\f\r "
 _ICON_RELS = ("icon", "apple-touch-icon", "apple-touch-icon-precomposed")
 
@@ -156,28 +153,26 @@ class PreviewReader(PageReader):
 
 
 class _HtmlPreview:
+    """The text read so far, parsed again each time it has grown by half."""
+
     def __init__(self) -> None:
-        self.pieces: list[str] = []
-        self.length = 0
-        self.parsed_length = 0
+        self.page = PartialPage()
         self.done = False
         self.tree: LexborHTMLParser | None = None
 
     def feed(self, text: str) -> None:
         if not text:
             return
-        self.pieces.append(text)
-        self.length += len(text)
-        if self.length < self.parsed_length * _REPARSE_GROWTH:
+        self.page.add(text)
+        if not self.page.parse_due:
             return
-        self.parsed_length = self.length
-        tree = parse_html("".join(self.pieces) + _SENTINEL)
+        tree = self.page.parse_so_far()
         if _head_is_read(tree) and _has_a_finished_title(tree):
             self.tree = tree
             self.done = True
 
     def finish(self) -> None:
-        self.tree = parse_html("".join(self.pieces))
+        self.tree = parse_html(self.page.text())
         self.done = True
 
 
@@ -188,7 +183,7 @@ def _head_is_read(tree: LexborHTMLParser) -> bool:
     for child in tree.body.iter(include_text=True):
         if child.is_element_node:
             return True
-        if (child.text_content or "").strip(_ASCII_WHITESPACE + _SENTINEL):
+        if (child.text_content or "").strip(_ASCII_WHITESPACE + SENTINEL):
             return True
     return False
 
@@ -199,7 +194,7 @@ def _has_a_finished_title(tree: LexborHTMLParser) -> bool:
         if key in ("og:title", "twitter:title"):
             return True
     title = html_title(tree)
-    if title is not None and not title.endswith(_SENTINEL):
+    if title is not None and not title.endswith(SENTINEL):
         return True
     first_h1 = tree.css_first("h1")
-    return first_h1 is not None and _SENTINEL not in first_h1.text()
+    return first_h1 is not None and SENTINEL not in first_h1.text()
