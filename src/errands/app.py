@@ -36,6 +36,7 @@ from errands.monitors.channels import router as channels_router
 from errands.stats.api import router as stats_router
 from errands.stats.recorder import StatsRecorder, flush_stats_until
 from errands.timers.api import router as timers_router
+from errands.titles.api import previews_router
 from errands.titles.api import router as titles_router
 
 __all__ = ["create_app"]
@@ -178,6 +179,7 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
 
     for router in (
         titles_router,
+        previews_router,
         stats_router,
         timers_router,
         conversions_router,
