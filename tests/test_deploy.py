@@ -156,7 +156,7 @@ def test_the_dashboard_covers_every_metric_the_operations_issue_lists() -> None:
         "process_cpu_seconds_total",
         "errands_titles_fetched_total",
         "errands_timers_pending",
-        "errands_timer_lateness_seconds_bucket",
+        "errands_delivery_lateness_seconds_bucket",
         "errands_conversion_queue_depth",
         "errands_conversion_duration_seconds_bucket",
         "errands_conversion_child_peak_rss_bytes_bucket",

