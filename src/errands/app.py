@@ -19,6 +19,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict
 
 from errands.config import Settings
+from errands.console.access import mount_console
 from errands.conversions.api import router as conversions_router
 from errands.core.auth import DOCS_ASSETS_PATH, PUBLIC_PATHS, ApiKeyMiddleware
 from errands.core.errors import ErrandsError, ErrorDetail
@@ -185,6 +186,7 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
         badges_router,
     ):
         app.include_router(router)
+    mount_console(app)
     return app
 
 

@@ -25,16 +25,28 @@ from errands.monitors.results import (
 
 __all__ = [
     "CHANNEL",
+    "Beat",
+    "DailyUptime",
+    "HourlyPoint",
     "MonitorFields",
+    "MonitorPage",
+    "MonitorSummary",
+    "RecentFigures",
     "StoredBatch",
     "Uptime",
+    "count_monitor_states",
     "create_monitor",
+    "daily_uptime",
     "delete_monitor",
     "drop_expired",
     "ensure_partitions",
     "get_monitor",
+    "hourly_points",
     "list_monitors",
+    "monitor_page",
+    "recent_beats",
     "recent_checks",
+    "recent_figures",
     "reschedule_checked",
     "save_checks",
     "sync_monitor",
@@ -1321,3 +1333,275 @@ async def uptime_from_rollups(
         p50_ms=percentile_from_histogram(histogram, 0.5, low, high),
         p95_ms=percentile_from_histogram(histogram, 0.95, low, high),
     )
+
+
+# --- Summaries for the console: many monitors at once ------------------------------------------
+
+
+@dataclass(frozen=True)
+class MonitorSummary:
+    """A monitor with its last check: `last_up` is None until its first check is stored."""
+
+    id: uuid.UUID
+    url: str
+    method: str
+    interval_s: int
+    created_at: datetime
+    last_checked_at: datetime | None
+    last_up: bool | None
+    last_response_ms: float | None
+
+
+@dataclass(frozen=True)
+class MonitorPage:
+    total: int  # monitors matching the search and state, on every page
+    monitors: list[MonitorSummary]
+
+
+@dataclass(frozen=True)
+class RecentFigures:
+    """From the hourly rollups: the last 24 hours and the last 30 days (whole hours)."""
+
+    uptime_24h_pct: float | None
+    uptime_30d_pct: float | None
+    p95_24h_ms: float | None
+
+
+@dataclass(frozen=True)
+class Beat:
+    checked_at: datetime
+    up: bool
+    response_time_ms: float | None
+
+
+@dataclass(frozen=True)
+class HourlyPoint:
+    hour: datetime
+    checks: int
+    up: int
+    avg_ms: float | None
+
+
+@dataclass(frozen=True)
+class DailyUptime:
+    day: date
+    checks: int
+    up: int
+
+
+# A monitor's last check is looked for this far back: the longest interval, and a day more.
+LAST_CHECK_LOOKBACK = timedelta(days=8)
+
+# Each monitor's last check is one backwards index scan of the primary key; the state filter
+# ("up", "down", "pending": no check yet) reads it, so the count covers every page.
+SELECT_MONITOR_PAGE = """
+    SELECT m.id, m.url, m.method, m.interval_s, m.created_at,
+           last.checked_at AS last_checked_at,
+           last.up AS last_up,
+           last.response_time_ms AS last_response_ms,
+           count(*) OVER () AS total
+      FROM monitors AS m
+      LEFT JOIN LATERAL (
+               SELECT c.checked_at, c.up, c.response_time_ms
+                 FROM checks AS c
+                WHERE c.monitor_id = m.id
+                  AND c.checked_at >= %(since)s
+                ORDER BY c.checked_at DESC
+                LIMIT 1
+           ) AS last ON true
+     WHERE (%(search)s::text IS NULL OR strpos(lower(m.url), lower(%(search)s)) > 0)
+       AND (%(state)s::text IS NULL
+            OR (%(state)s = 'up' AND last.up)
+            OR (%(state)s = 'down' AND NOT last.up)
+            OR (%(state)s = 'pending' AND last.up IS NULL))
+     ORDER BY m.url, m.id
+     LIMIT %(limit)s
+    OFFSET %(offset)s
+"""
+
+COUNT_MONITOR_STATES = """
+    SELECT count(*) FILTER (WHERE last.up) AS up,
+           count(*) FILTER (WHERE NOT last.up) AS down,
+           count(*) FILTER (WHERE last.up IS NULL) AS pending
+      FROM monitors AS m
+      LEFT JOIN LATERAL (
+               SELECT c.up
+                 FROM checks AS c
+                WHERE c.monitor_id = m.id
+                  AND c.checked_at >= %(since)s
+                ORDER BY c.checked_at DESC
+                LIMIT 1
+           ) AS last ON true
+"""
+
+SELECT_BEATS = """
+    SELECT ids.id AS monitor_id, beat.checked_at, beat.up, beat.response_time_ms
+      FROM unnest(%(ids)s::uuid[]) AS ids(id)
+      JOIN LATERAL (
+               SELECT c.checked_at, c.up, c.response_time_ms
+                 FROM checks AS c
+                WHERE c.monitor_id = ids.id
+                  AND c.checked_at >= %(since)s
+                ORDER BY c.checked_at DESC
+                LIMIT %(count)s
+           ) AS beat ON true
+     ORDER BY ids.id, beat.checked_at
+"""
+
+SELECT_RECENT_FIGURES = """
+    SELECT r.monitor_id,
+           sum(r.checks) AS checks_30d,
+           sum(r.up) AS up_30d,
+           sum(r.checks) FILTER (WHERE r.hour >= %(day_ago)s) AS checks_24h,
+           sum(r.up) FILTER (WHERE r.hour >= %(day_ago)s) AS up_24h,
+           min(r.min_ms) FILTER (WHERE r.hour >= %(day_ago)s) AS min_ms_24h,
+           max(r.max_ms) FILTER (WHERE r.hour >= %(day_ago)s) AS max_ms_24h,
+           (SELECT array_agg(total ORDER BY position)
+              FROM (SELECT position, sum(n)::integer AS total
+                      FROM check_rollups AS h,
+                           unnest(h.latency_histogram) WITH ORDINALITY AS bucket(n, position)
+                     WHERE h.monitor_id = r.monitor_id
+                       AND h.hour >= %(day_ago)s
+                     GROUP BY position) AS summed
+           ) AS histogram_24h
+      FROM check_rollups AS r
+     WHERE r.monitor_id = ANY(%(ids)s::uuid[])
+       AND r.hour >= %(month_ago)s
+     GROUP BY r.monitor_id
+"""
+
+SELECT_HOURLY = """
+    SELECT hour, checks, up,
+           CASE WHEN responses > 0 THEN sum_ms / responses END AS avg_ms
+      FROM check_rollups
+     WHERE monitor_id = %(monitor_id)s
+       AND hour >= %(since)s
+     ORDER BY hour
+"""
+
+SELECT_DAILY_UPTIME = """
+    SELECT monitor_id,
+           (hour AT TIME ZONE 'UTC')::date AS day,
+           sum(checks)::integer AS checks,
+           sum(up)::integer AS up
+      FROM check_rollups
+     WHERE monitor_id = ANY(%(ids)s::uuid[])
+       AND hour >= %(since)s
+     GROUP BY monitor_id, day
+     ORDER BY monitor_id, day
+"""
+
+
+def _pct(up: Any, checks: Any) -> float | None:
+    return None if not checks else round(100.0 * float(up) / float(checks), 3)
+
+
+async def monitor_page(
+    pool: Pool, *, search: str | None, state: str | None, limit: int, offset: int
+) -> MonitorPage:
+    """Monitors ordered by URL, each with its last check; `search` matches part of the URL in
+    any case; `state` is "up", "down", "pending" (no check yet) or None for all."""
+    since = datetime.now(UTC) - LAST_CHECK_LOOKBACK
+    params = {"search": search, "state": state, "limit": limit, "offset": offset, "since": since}
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_MONITOR_PAGE, params)
+        rows = await cursor.fetchall()
+    total = int(rows[0]["total"]) if rows else 0
+    if not rows and offset > 0:  # past the last page: count what there is
+        async with pool.connection() as conn:
+            cursor = await conn.execute(SELECT_MONITOR_PAGE, {**params, "limit": 1, "offset": 0})
+            first = await cursor.fetchone()
+        total = 0 if first is None else int(first["total"])
+    monitors = [
+        MonitorSummary(**{name: row[name] for name in MonitorSummary.__dataclass_fields__})
+        for row in rows
+    ]
+    return MonitorPage(total=total, monitors=monitors)
+
+
+async def count_monitor_states(pool: Pool) -> dict[str, int]:
+    """How many monitors were up or down at their last check, and how many have none yet."""
+    since = datetime.now(UTC) - LAST_CHECK_LOOKBACK
+    async with pool.connection() as conn:
+        cursor = await conn.execute(COUNT_MONITOR_STATES, {"since": since})
+        row = await cursor.fetchone()
+    assert row is not None  # an aggregate always returns one row
+    return {state: int(row[state]) for state in ("up", "down", "pending")}
+
+
+async def recent_beats(
+    pool: Pool, monitor_ids: list[uuid.UUID], count: int
+) -> dict[uuid.UUID, list[Beat]]:
+    """The last `count` checks of each monitor of the last day, oldest first."""
+    params = {"ids": monitor_ids, "count": count, "since": datetime.now(UTC) - timedelta(days=1)}
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_BEATS, params)
+        rows = await cursor.fetchall()
+    beats: dict[uuid.UUID, list[Beat]] = {monitor_id: [] for monitor_id in monitor_ids}
+    for row in rows:
+        beats[row["monitor_id"]].append(
+            Beat(row["checked_at"], row["up"], _ms(row["response_time_ms"]))
+        )
+    return beats
+
+
+async def recent_figures(
+    pool: Pool, monitor_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, RecentFigures]:
+    """Uptime over 24 hours and 30 days and the 24-hour p95 of each monitor, from its rollups
+    (the current hour included); a monitor without checks gets None figures."""
+    this_hour = _hour_floor(datetime.now(UTC))
+    params = {
+        "ids": monitor_ids,
+        "day_ago": this_hour - timedelta(hours=23),
+        "month_ago": this_hour - timedelta(days=30) + timedelta(hours=1),
+    }
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_RECENT_FIGURES, params)
+        rows = {row["monitor_id"]: row for row in await cursor.fetchall()}
+    figures = {}
+    for monitor_id in monitor_ids:
+        row = rows.get(monitor_id)
+        if row is None:
+            figures[monitor_id] = RecentFigures(None, None, None)
+            continue
+        histogram = row["histogram_24h"]
+        p95 = (
+            None
+            if histogram is None
+            else percentile_from_histogram(
+                list(histogram), 0.95, row["min_ms_24h"], row["max_ms_24h"]
+            )
+        )
+        figures[monitor_id] = RecentFigures(
+            uptime_24h_pct=_pct(row["up_24h"], row["checks_24h"]),
+            uptime_30d_pct=_pct(row["up_30d"], row["checks_30d"]),
+            p95_24h_ms=p95,
+        )
+    return figures
+
+
+async def hourly_points(pool: Pool, monitor_id: uuid.UUID, since: datetime) -> list[HourlyPoint]:
+    """The monitor's hourly rollups from `since` on, oldest first."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_HOURLY, {"monitor_id": monitor_id, "since": since})
+        rows = await cursor.fetchall()
+    return [
+        HourlyPoint(row["hour"], int(row["checks"]), int(row["up"]), _ms(row["avg_ms"]))
+        for row in rows
+    ]
+
+
+async def daily_uptime(
+    pool: Pool, monitor_ids: list[uuid.UUID], since: date
+) -> dict[uuid.UUID, list[DailyUptime]]:
+    """Checks and up checks per UTC day from `since` on, per monitor; days without checks are
+    left out."""
+    params = {"ids": monitor_ids, "since": _day_start(since)}
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_DAILY_UPTIME, params)
+        rows = await cursor.fetchall()
+    days: dict[uuid.UUID, list[DailyUptime]] = {monitor_id: [] for monitor_id in monitor_ids}
+    for row in rows:
+        days[row["monitor_id"]].append(DailyUptime(row["day"], row["checks"], row["up"]))
+    return days
