@@ -15,7 +15,7 @@ async def test_healthz_and_readyz_answer_when_the_database_does(app: RunningApp)
     health = await app.client.get("/healthz")
     ready = await app.client.get("/readyz")
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
-    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "kafka": None})
 
 
 async def test_readyz_is_503_when_the_database_is_gone(

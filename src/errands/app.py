@@ -16,21 +16,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from errands.config import Settings
 from errands.conversions.api import router as conversions_router
 from errands.core.auth import DOCS_ASSETS_PATH, PUBLIC_PATHS, ApiKeyMiddleware
 from errands.core.errors import ErrandsError, ErrorDetail
 from errands.core.limits import BodyLimitMiddleware
-from errands.core.logging import RequestLogMiddleware
-from errands.core.metrics import instrument
+from errands.core.logging import log_request
+from errands.core.metrics import HTTP_REQUESTS_IN_PROGRESS, record_request, serve_metrics_route
 from errands.core.resources import open_resources
+from errands.core.timing import RequestTimingMiddleware
 from errands.core.validation import render_validation_error
 from errands.loops import run_loops
 from errands.monitors.api import router as monitors_router
 from errands.stats.api import router as stats_router
-from errands.stats.recorder import StatsMiddleware, StatsRecorder, flush_stats_until
+from errands.stats.recorder import StatsRecorder, flush_stats_until
 from errands.timers.api import router as timers_router
 from errands.titles.api import router as titles_router
 
@@ -80,18 +81,21 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
         static_url=DOCS_ASSETS_PATH,
         swagger_ui_parameters={"persistAuthorization": True},
     )
-    # Outermost last: every request gets an id and a log line, then is counted, then its key
-    # and body size are checked before any route reads it.
+    # Outermost last: every request gets an id and is timed once for the log, the stats and
+    # Prometheus, then its key and body size are checked before any route reads it.
     app.add_middleware(
         BodyLimitMiddleware, max_bytes=settings.max_json_body_bytes, upload_paths=UPLOAD_PATHS
     )
     if settings.api_keys_enabled:
         app.add_middleware(ApiKeyMiddleware, cache_s=settings.api_key_cache_s)
-    instrument(app)
+    app.add_middleware(
+        RequestTimingMiddleware,
+        observers=[log_request, stats_recorder.observe, record_request],
+        in_progress=HTTP_REQUESTS_IN_PROGRESS,
+    )
+    serve_metrics_route(app)
     app.openapi = _openapi_with_common_errors(app, keys=settings.api_keys_enabled)  # type: ignore[method-assign]
-    app.add_middleware(StatsMiddleware, recorder=stats_recorder)
     app.state.stats_recorder = stats_recorder
-    app.add_middleware(RequestLogMiddleware)
     app.add_exception_handler(ErrandsError, _render_errands_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, render_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(psycopg.OperationalError, _render_database_unavailable)  # type: ignore[arg-type]
@@ -118,33 +122,42 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
         summary="Readiness",
         response_model=Readiness,
         responses={
-            200: {"content": {"application/json": {"example": {"status": "ready"}}}},
+            200: {"content": {"application/json": {"example": {"status": "ready", "kafka": None}}}},
             503: {
                 "model": Readiness,
-                "description": "Shutting down, or the database does not answer",
+                "description": "Not ready: draining, database or (with deep=true) Kafka",
                 "content": {
                     "application/json": {
-                        "example": {"status": "database unreachable", "error": "PoolTimeout"}
+                        "example": {
+                            "status": "database unreachable",
+                            "error": "PoolTimeout",
+                            "kafka": None,
+                        }
                     }
                 },
             },
         },
     )
-    async def readyz(request: Request) -> JSONResponse:
+    async def readyz(request: Request, deep: bool = False) -> JSONResponse:
         """The process takes traffic: not shutting down, and the database answers within 2 s.
-        Needs no API key."""
+        The answer also says whether Kafka works for this process's checker and sink (`kafka`:
+        null, or the problem); with `deep=true` a Kafka problem makes it 503 as well. Needs no
+        API key."""
         if request.app.state.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
+        kafka = request.app.state.resources.bus.health().problem
         try:
             async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
                 async with request.app.state.resources.pool.connection() as conn:
                     await conn.execute("SELECT 1")
         except Exception as error:  # any failure to reach the database means "not ready"
             return JSONResponse(
-                {"status": "database unreachable", "error": type(error).__name__},
+                {"status": "database unreachable", "error": type(error).__name__, "kafka": kafka},
                 status_code=503,
             )
-        return JSONResponse({"status": "ready"})
+        if deep and kafka is not None:
+            return JSONResponse({"status": "kafka unreachable", "kafka": kafka}, status_code=503)
+        return JSONResponse({"status": "ready", "kafka": kafka})
 
     for router in (titles_router, stats_router, timers_router, conversions_router, monitors_router):
         app.include_router(router)
@@ -170,10 +183,11 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready", "kafka": None}]})
 
-    status: Literal["ready", "draining", "database unreachable"]
-    error: str | None = None
+    status: Literal["ready", "draining", "database unreachable", "kafka unreachable"]
+    error: str | None = Field(default=None, description="Why the database did not answer.")
+    kafka: str | None = Field(default=None, description="Kafka's problem, if it has one.")
 
 
 async def _render_errands_error(request: Request, error: ErrandsError) -> JSONResponse:

@@ -229,17 +229,26 @@ def sink() -> None:
 
 @app.command()
 def migrate(as_json: JsonOption = False) -> None:
-    """Apply pending database migrations and exit."""
+    """Apply pending database migrations and exit. With API keys on, a database that never had a
+    key gets an admin key, printed this once."""
     settings = _settings()
     try:
         applied = asyncio.run(apply_migrations(database_url(settings)))
     except psycopg.OperationalError as error:
         typer.echo(f"errands: cannot reach the database: {' '.join(str(error).split())}", err=True)
         raise typer.Exit(EXIT_UNREACHABLE) from None
+    made = (
+        _with_connection(settings, auth.create_bootstrap_key) if settings.api_keys_enabled else None
+    )
     if as_json:
-        _print_json({"applied": applied})
-    else:
-        typer.echo("\n".join(f"applied {name}" for name in applied) or "database is up to date")
+        bootstrap = None if made is None else {**dataclasses.asdict(made[0]), "key": made[1]}
+        _print_json({"applied": applied, "bootstrap_key": bootstrap})
+        return
+    typer.echo("\n".join(f"applied {name}" for name in applied) or "database is up to date")
+    if made is not None:
+        key, secret = made
+        typer.echo(f"bootstrap API key {key.id} (admin scope, shown only this once): {secret}")
+        typer.echo(f"once narrower keys exist: errands keys revoke {key.id}")
 
 
 keys = typer.Typer(help="API keys, checked when ERRANDS_API_KEYS_ENABLED=true.")

