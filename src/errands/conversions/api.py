@@ -15,6 +15,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from errands.conversions import store
 from errands.conversions.convert import MAGIC_BYTES_NEEDED, detect_kind
 from errands.core.errors import ErrandsError, NotFound, PayloadTooLarge, UnsupportedMediaType
+from errands.core.openapi import answer
 from errands.core.resources import Resources, get_resources
 from errands.core.storage import InvalidKey, Storage, StoredFileMissing, Writer, check_key
 
@@ -41,12 +42,12 @@ Status = Literal["queued", "processing", "done", "failed"]
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-class Problem(BaseModel):
-    detail: str
-
-
+UPLOAD_ID = "0b6e7c1a-2f4d-4e8b-9a3c-5d1e2f3a4b5c"
+FILE_ID = "7d2a9e4f-8b1c-4a6d-9e3f-1c2b3a4d5e6f"
+PNG_PATH = f"/files/{UPLOAD_ID}/{FILE_ID}/page-1.png"
+ORIGINAL_PATH = f"/files/{UPLOAD_ID}/{FILE_ID}/original.pdf"
 NOT_FOUND: dict[int | str, dict[str, object]] = {
-    404: {"model": Problem, "description": "No such upload"}
+    404: answer({"detail": f"no upload with id {UPLOAD_ID}"}, "No such upload")
 }
 
 
@@ -270,6 +271,7 @@ UPLOAD_BODY_DOC = {
         "required": True,
         "content": {
             "multipart/form-data": {
+                "example": {FILES_FIELD: ["<the bytes of scan.pdf>", "<the bytes of photo.jpg>"]},
                 "schema": {
                     "type": "object",
                     "required": [FILES_FIELD],
@@ -279,7 +281,7 @@ UPLOAD_BODY_DOC = {
                             "items": {"type": "string", "format": "binary"},
                         }
                     },
-                }
+                },
             }
         },
     }
@@ -289,11 +291,22 @@ UPLOAD_BODY_DOC = {
 @router.post(
     "/uploads",
     response_model=UploadCreated,
+    summary="Upload files to convert",
     openapi_extra=UPLOAD_BODY_DOC,
     responses={
-        400: {"model": Problem, "description": "Not a multipart upload of files"},
-        413: {"model": Problem, "description": "Larger than the upload cap"},
-        415: {"model": Problem, "description": "A file is not a PDF, PNG or JPEG"},
+        200: answer({"id": UPLOAD_ID, "status": "queued"}),
+        400: answer(
+            {"detail": "send the files as multipart/form-data, each in a 'files' field"},
+            "Not a multipart upload of files",
+        ),
+        413: answer(
+            {"detail": "the upload is larger than the 104857600-byte limit"},
+            "Larger than the upload cap",
+        ),
+        415: answer(
+            {"detail": "'notes.txt' is not a PDF, PNG or JPEG file (judged by its content)"},
+            "A file is not a PDF, PNG or JPEG",
+        ),
     },
 )
 async def create_upload(request: Request, resources: ResourcesDep) -> dict[str, object]:
@@ -364,7 +377,33 @@ def _file_view(file: store.StoredFile) -> FileView:
     )
 
 
-@router.get("/uploads/{upload_id}", response_model=UploadView, responses=NOT_FOUND)
+@router.get(
+    "/uploads/{upload_id}",
+    summary="An upload and its files",
+    response_model=UploadView,
+    responses=NOT_FOUND
+    | {
+        200: answer(
+            {
+                "id": UPLOAD_ID,
+                "status": "done",
+                "files": [
+                    {
+                        "id": FILE_ID,
+                        "filename": "scan.pdf",
+                        "type": "pdf",
+                        "size_bytes": 48213,
+                        "original_path": ORIGINAL_PATH,
+                        "status": "done",
+                        "error": None,
+                        "attempts": 1,
+                        "images": [{"page": 1, "path": PNG_PATH, "width": 1240, "height": 1754}],
+                    }
+                ],
+            }
+        )
+    },
+)
 async def read_upload(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadView:
     """The upload's status and, per file, its original, status, error and PNGs."""
     files = await _files_of(resources, upload_id)
@@ -375,7 +414,23 @@ async def read_upload(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadVi
     )
 
 
-@router.get("/uploads/{upload_id}/status", response_model=UploadStatus, responses=NOT_FOUND)
+@router.get(
+    "/uploads/{upload_id}/status",
+    summary="Whether an upload is converted",
+    response_model=UploadStatus,
+    responses=NOT_FOUND
+    | {
+        200: answer(
+            {
+                "id": UPLOAD_ID,
+                "status": "processing",
+                "files_total": 3,
+                "files_done": 1,
+                "files_failed": 0,
+            }
+        )
+    },
+)
 async def read_upload_status(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadStatus:
     """Whether processing is done, with counts of files done and failed."""
     files = await _files_of(resources, upload_id)
@@ -388,7 +443,30 @@ async def read_upload_status(upload_id: uuid.UUID, resources: ResourcesDep) -> U
     )
 
 
-@router.get("/uploads/{upload_id}/images", response_model=UploadImages, responses=NOT_FOUND)
+@router.get(
+    "/uploads/{upload_id}/images",
+    summary="The PNGs of an upload",
+    response_model=UploadImages,
+    responses=NOT_FOUND
+    | {
+        200: answer(
+            {
+                "id": UPLOAD_ID,
+                "status": "done",
+                "images": [
+                    {
+                        "page": 1,
+                        "path": PNG_PATH,
+                        "width": 1240,
+                        "height": 1754,
+                        "file_id": FILE_ID,
+                        "filename": "scan.pdf",
+                    }
+                ],
+            }
+        )
+    },
+)
 async def read_upload_images(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadImages:
     """Every PNG made so far, in file then page order, with its resolution."""
     files = await _files_of(resources, upload_id)
@@ -410,7 +488,28 @@ async def read_upload_images(upload_id: uuid.UUID, resources: ResourcesDep) -> U
     )
 
 
-@router.get("/uploads/{upload_id}/originals", response_model=UploadOriginals, responses=NOT_FOUND)
+@router.get(
+    "/uploads/{upload_id}/originals",
+    summary="The files of an upload as received",
+    response_model=UploadOriginals,
+    responses=NOT_FOUND
+    | {
+        200: answer(
+            {
+                "id": UPLOAD_ID,
+                "originals": [
+                    {
+                        "file_id": FILE_ID,
+                        "filename": "scan.pdf",
+                        "type": "pdf",
+                        "size_bytes": 48213,
+                        "path": ORIGINAL_PATH,
+                    }
+                ],
+            }
+        )
+    },
+)
 async def read_upload_originals(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadOriginals:
     """Where to download each uploaded file as it was received."""
     files = await _files_of(resources, upload_id)
@@ -431,11 +530,12 @@ async def read_upload_originals(upload_id: uuid.UUID, resources: ResourcesDep) -
 
 @router.get(
     "/files/{path:path}",
+    summary="Download a stored file",
     response_class=StreamingResponse,
     responses={
         200: {"content": {"image/png": {}, "image/jpeg": {}, "application/pdf": {}}},
-        400: {"model": Problem, "description": "Not a valid file path"},
-        404: {"model": Problem, "description": "No such file"},
+        400: answer({"detail": "invalid file path: '../etc/passwd'"}, "Not a valid file path"),
+        404: answer({"detail": f"no file at {PNG_PATH}"}, "No such file"),
     },
 )
 async def download_file(path: str, resources: ResourcesDep) -> StreamingResponse:

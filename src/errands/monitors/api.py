@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from errands.core.errors import Conflict, NotFound, Unprocessable
 from errands.core.http import BlockedTarget, GuardedClient
+from errands.core.openapi import answer, request_example
 from errands.core.resources import Resources, get_resources
 from errands.core.validation import RequestBody
 from errands.monitors import store
@@ -176,7 +177,34 @@ async def _existing(resources: Resources, monitor_id: uuid.UUID) -> store.Row:
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-@router.post("/monitors", status_code=201, response_model=Monitor)
+MONITOR_ID = "3c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f"
+MONITOR_EXAMPLE = {
+    "id": MONITOR_ID,
+    "url": "https://example.com/health",
+    "method": "GET",
+    "interval_s": 60,
+    "timeout_s": 10.0,
+    "regex": "ok|healthy",
+    "created_at": "2026-12-01T08:00:00Z",
+    "updated_at": "2026-12-01T08:00:00Z",
+    "next_check_at": "2026-12-01T08:01:00Z",
+}
+TAKEN_URL = answer(
+    {"detail": "https://example.com/health is already monitored"},
+    "Another monitor has this URL",
+)
+
+
+@router.post(
+    "/monitors",
+    summary="Monitor a website",
+    status_code=201,
+    response_model=Monitor,
+    openapi_extra=request_example(
+        {"url": "https://example.com/health", "interval_s": 60, "regex": "ok|healthy"}
+    ),
+    responses={201: answer(MONITOR_EXAMPLE), 409: TAKEN_URL},
+)
 async def create_monitor(body: MonitorIn, resources: ResourcesDep) -> Monitor:
     """Start checking a website; its first check is due at once."""
     fields = validated_fields(
@@ -194,7 +222,13 @@ async def create_monitor(body: MonitorIn, resources: ResourcesDep) -> Monitor:
     return _monitor(row)
 
 
-@router.get("/monitors", response_model=list[Monitor])
+@router.get(
+    "/monitors",
+    summary="List monitors",
+    description="Every monitor, oldest first, a page at a time (`limit`, `offset`).",
+    response_model=list[Monitor],
+    responses={200: answer([MONITOR_EXAMPLE])},
+)
 async def list_monitors(
     resources: ResourcesDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -203,12 +237,27 @@ async def list_monitors(
     return [_monitor(row) for row in await store.list_monitors(resources.pool, limit, offset)]
 
 
-@router.get("/monitors/{monitor_id}", response_model=Monitor)
+@router.get(
+    "/monitors/{monitor_id}",
+    summary="Read a monitor",
+    description="A monitor's settings and when it is next checked.",
+    response_model=Monitor,
+    responses={200: answer(MONITOR_EXAMPLE)},
+)
 async def get_monitor(monitor_id: uuid.UUID, resources: ResourcesDep) -> Monitor:
     return _monitor(await _existing(resources, monitor_id))
 
 
-@router.patch("/monitors/{monitor_id}", response_model=Monitor)
+@router.patch(
+    "/monitors/{monitor_id}",
+    summary="Change a monitor",
+    response_model=Monitor,
+    openapi_extra=request_example({"interval_s": 30, "regex": None}),
+    responses={
+        200: answer(MONITOR_EXAMPLE | {"interval_s": 30, "regex": None}),
+        409: TAKEN_URL,
+    },
+)
 async def update_monitor(
     monitor_id: uuid.UUID, body: MonitorChanges, resources: ResourcesDep
 ) -> Monitor:
@@ -239,7 +288,7 @@ async def update_monitor(
     return _monitor(row)
 
 
-@router.delete("/monitors/{monitor_id}", status_code=204)
+@router.delete("/monitors/{monitor_id}", summary="Stop monitoring a website", status_code=204)
 async def delete_monitor(monitor_id: uuid.UUID, resources: ResourcesDep) -> Response:
     """Stop checking a website. Its stored checks stay until retention removes them."""
     if not await store.delete_monitor(resources.pool, monitor_id):
@@ -253,7 +302,31 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-@router.get("/monitors/{monitor_id}/checks", response_model=list[Check])
+@router.get(
+    "/monitors/{monitor_id}/checks",
+    summary="A monitor's checks",
+    response_model=list[Check],
+    responses={
+        200: answer(
+            [
+                {
+                    "check_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                    "checked_at": "2026-12-01T08:01:00.004Z",
+                    "up": True,
+                    "status_code": 200,
+                    "response_time_ms": 84.1,
+                    "dns_ms": 3.2,
+                    "connect_ms": 11.5,
+                    "tls_ms": 24.9,
+                    "first_byte_ms": 80.3,
+                    "regex_matched": True,
+                    "error_kind": None,
+                    "error": None,
+                }
+            ]
+        )
+    },
+)
 async def list_checks(
     monitor_id: uuid.UUID,
     resources: ResourcesDep,
@@ -286,7 +359,26 @@ def parse_window(text: str, max_days: int) -> timedelta:
     return window
 
 
-@router.get("/monitors/{monitor_id}/uptime", response_model=Uptime)
+@router.get(
+    "/monitors/{monitor_id}/uptime",
+    summary="A monitor's uptime and response times",
+    response_model=Uptime,
+    responses={
+        200: answer(
+            {
+                "monitor_id": MONITOR_ID,
+                "since": "2026-11-01T08:00:00Z",
+                "until": "2026-12-01T08:00:00Z",
+                "window_s": 2592000,
+                "source": "rollups",
+                "uptime_pct": 99.95,
+                "checks": 43200,
+                "p50_ms": 82.0,
+                "p95_ms": 140.0,
+            }
+        )
+    },
+)
 async def uptime(
     monitor_id: uuid.UUID,
     resources: ResourcesDep,

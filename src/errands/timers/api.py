@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from errands.core.errors import Conflict, NotFound, Unprocessable
 from errands.core.http import BlockedTarget
+from errands.core.openapi import answer, request_example
 from errands.core.resources import Resources, get_resources
 from errands.core.validation import RequestBody
 from errands.timers import store
@@ -66,9 +67,34 @@ class TimerView(BaseModel):
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
+TIMER_VIEW_EXAMPLE = {
+    "id": "5f0c8a4e-1d2b-4c3a-9e8f-7a6b5c4d3e2f",
+    "time_left": 0,
+    "status": "fired",
+    "url": "https://example.com/hooks/reminder",
+    "fire_at": "2026-12-01T12:00:00Z",
+    "attempts": 1,
+    "fired_at": "2026-12-01T12:00:00.012Z",
+    "last_error": None,
+    "created_at": "2026-12-01T08:00:00Z",
+}
 
 
-@router.post("/timer", response_model=TimerCreated, responses={422: {"description": "Bad input"}})
+@router.post(
+    "/timer",
+    summary="Set a timer",
+    response_model=TimerCreated,
+    openapi_extra=request_example(
+        {"hours": 4, "minutes": 0, "seconds": 1, "url": "https://example.com/hooks/reminder"}
+    ),
+    responses={
+        200: answer({"id": "5f0c8a4e-1d2b-4c3a-9e8f-7a6b5c4d3e2f", "time_left": 14401}),
+        422: answer(
+            {"detail": "minute: unknown field; send only the fields this route documents"},
+            "Bad input, the field named",
+        ),
+    },
+)
 async def create_timer(request: TimerRequest, resources: ResourcesDep) -> dict[str, object]:
     """Set a timer; when it expires, `POST <url>` is sent with JSON `{"id": "<timer id>"}`."""
     settings = resources.settings
@@ -88,7 +114,12 @@ async def create_timer(request: TimerRequest, resources: ResourcesDep) -> dict[s
     return {"id": timer_id, "time_left": total_s}
 
 
-@router.get("/timer/{timer_id}", response_model=TimerView, responses={404: {}, 422: {}})
+@router.get(
+    "/timer/{timer_id}",
+    summary="Read a timer",
+    response_model=TimerView,
+    responses={200: answer(TIMER_VIEW_EXAMPLE)},
+)
 async def get_timer(timer_id: uuid.UUID, resources: ResourcesDep) -> dict[str, object]:
     """A timer's seconds left (0 once expired) and how its webhook went."""
     timer = await store.get_timer(resources.pool, timer_id)
@@ -97,7 +128,18 @@ async def get_timer(timer_id: uuid.UUID, resources: ResourcesDep) -> dict[str, o
     return timer
 
 
-@router.delete("/timer/{timer_id}", response_model=TimerView, responses={404: {}, 409: {}})
+@router.delete(
+    "/timer/{timer_id}",
+    summary="Cancel a timer",
+    response_model=TimerView,
+    responses={
+        200: answer(TIMER_VIEW_EXAMPLE | {"status": "cancelled", "fired_at": None, "attempts": 0}),
+        409: answer(
+            {"detail": "timer 5f0c8a4e-1d2b-4c3a-9e8f-7a6b5c4d3e2f is already fired"},
+            "The timer was already sent, failed, cancelled, or is being sent right now",
+        ),
+    },
+)
 async def cancel_timer(timer_id: uuid.UUID, resources: ResourcesDep) -> dict[str, object]:
     """Cancel a pending timer so its webhook is never sent."""
     cancelled, timer = await store.cancel_timer(resources.pool, timer_id)
