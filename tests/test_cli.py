@@ -37,11 +37,12 @@ def test_pick_refuses_unknown_names_and_an_empty_choice(text: str) -> None:
 @pytest.mark.parametrize(
     ("only", "kafka", "loops"),
     [
-        (None, True, ["timers", "monitors", "conversions"]),
-        (None, False, ["timers", "monitors", "conversions", "sink"]),
+        (None, True, ["deliveries", "timers", "monitors", "conversions"]),
+        (None, False, ["deliveries", "timers", "monitors", "conversions", "sink"]),
         ("monitors", True, ["monitors"]),
         ("monitors", False, ["monitors", "sink"]),
-        ("timers", False, ["timers"]),
+        ("timers", False, ["timers", "deliveries"]),
+        ("deliveries", False, ["deliveries"]),
     ],
 )
 def test_without_kafka_a_worker_running_monitors_runs_their_sink(
@@ -262,3 +263,21 @@ async def test_monitors_sync_dry_run_and_prune(database_url: str, tmp_path: Path
         "deleted    https://example.com/b",
         "2 of 2 monitors changed",
     ]
+
+
+async def test_timers_list_pages_newest_first(app: RunningApp) -> None:
+    service = {"ERRANDS_API_URL": app.base_url}
+    ids = [
+        (
+            await app.client.post("/timer", json={"minutes": 5, "url": "https://example.com/hook"})
+        ).json()["id"]
+        for _ in range(3)
+    ]
+
+    first = await errands("timers", "list", "--limit", "2", "--json", **service)
+    page = json.loads(first.stdout)
+    rest = await errands("timers", "list", "--cursor", page["next_cursor"], **service)
+
+    assert [timer["id"] for timer in page["timers"]] == ids[:0:-1]
+    assert ids[0] in rest.stdout and "pending" in rest.stdout
+    assert "more:" not in rest.stdout

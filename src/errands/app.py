@@ -16,9 +16,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from errands.config import Settings
+from errands.console.access import mount_console
 from errands.conversions.api import router as conversions_router
 from errands.core.auth import DOCS_ASSETS_PATH, PUBLIC_PATHS, ApiKeyMiddleware
 from errands.core.errors import ErrandsError, ErrorDetail
@@ -30,6 +31,8 @@ from errands.core.timing import RequestTimingMiddleware
 from errands.core.validation import render_validation_error
 from errands.loops import run_loops
 from errands.monitors.api import router as monitors_router
+from errands.monitors.badges import router as badges_router
+from errands.monitors.channels import router as channels_router
 from errands.stats.api import router as stats_router
 from errands.stats.recorder import StatsRecorder, flush_stats_until
 from errands.timers.api import router as timers_router
@@ -100,9 +103,14 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
     app.add_exception_handler(RequestValidationError, render_validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(psycopg.OperationalError, _render_database_unavailable)  # type: ignore[arg-type]
 
-    async def healthz() -> dict[str, str]:
-        """The process is alive (HEAD answers the same without a body). Needs no API key."""
-        return {"status": "ok"}
+    async def healthz(request: Request) -> JSONResponse:
+        """The process is alive, and so is the embedded PostgreSQL it runs (which it restarts
+        when it stops; until it is back this answers 503). HEAD answers the same without a
+        body. Needs no API key."""
+        embedded = request.app.state.resources.embedded
+        if embedded is not None and not embedded.running:
+            return JSONResponse({"status": "embedded database down"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     for method in ("GET", "HEAD"):
         app.add_api_route(
@@ -113,7 +121,16 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
             tags=["operations"],
             summary="Liveness",
             response_model=Health,
-            responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+            responses={
+                200: {"content": {"application/json": {"example": {"status": "ok"}}}},
+                503: {
+                    "model": Health,
+                    "description": "The embedded PostgreSQL this process runs is down",
+                    "content": {
+                        "application/json": {"example": {"status": "embedded database down"}}
+                    },
+                },
+            },
         )
 
     @app.get(
@@ -125,7 +142,7 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
             200: {"content": {"application/json": {"example": {"status": "ready", "kafka": None}}}},
             503: {
                 "model": Readiness,
-                "description": "Not ready: draining, database or (with deep=true) Kafka",
+                "description": "Shutting down, the database does not answer, or (deep) Kafka",
                 "content": {
                     "application/json": {
                         "example": {
@@ -159,8 +176,17 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
             return JSONResponse({"status": "kafka unreachable", "kafka": kafka}, status_code=503)
         return JSONResponse({"status": "ready", "kafka": kafka})
 
-    for router in (titles_router, stats_router, timers_router, conversions_router, monitors_router):
+    for router in (
+        titles_router,
+        stats_router,
+        timers_router,
+        conversions_router,
+        monitors_router,
+        channels_router,
+        badges_router,
+    ):
         app.include_router(router)
+    mount_console(app)
     return app
 
 
@@ -179,15 +205,15 @@ page, use "Authorize" once and "Try it out" sends it.
 class Health(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
 
-    status: Literal["ok"]
+    status: Literal["ok", "embedded database down"]
 
 
 class Readiness(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready", "kafka": None}]})
 
     status: Literal["ready", "draining", "database unreachable", "kafka unreachable"]
-    error: str | None = Field(default=None, description="Why the database did not answer.")
-    kafka: str | None = Field(default=None, description="Kafka's problem, if it has one.")
+    error: str | None = None
+    kafka: str | None = None  # what fails in Kafka for this process's checker or sink
 
 
 async def _render_errands_error(request: Request, error: ErrandsError) -> JSONResponse:

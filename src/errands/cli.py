@@ -35,6 +35,8 @@ from errands.core.http import GuardedClient
 from errands.core.logging import configure_logging
 from errands.core.metrics import serve_metrics
 from errands.core.resources import open_resources
+from errands.core.server import guarded_http_protocol
+from errands.core.storage import StorageUnavailable, open_storage
 from errands.loops import LOOPS, run_loops
 from errands.monitors.sync import SitesFileError, read_sites, sync_sites
 from errands.service_client import (
@@ -140,14 +142,34 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def _check_storage(settings: Settings) -> None:
+    """A bucket that is missing, out of reach or refuses the credentials ends the command with
+    one clear line, before anything starts."""
+
+    async def probe() -> None:
+        async with open_storage(settings):
+            pass
+
+    try:
+        asyncio.run(probe())
+    except StorageUnavailable as error:
+        typer.echo(f"errands: storage {settings.storage_url}: {error.detail}", err=True)
+        raise typer.Exit(2) from None
+
+
 def http_server(settings: Settings, loops: Sequence[str]) -> DrainingServer:
+    _check_storage(settings)
     application = create_app(settings, loops=loops)
     config = uvicorn.Config(
         application,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_http_protocol(
+            header_timeout_s=settings.server_header_timeout_s,
+            body_idle_timeout_s=settings.server_body_idle_timeout_s,
+            max_connections=settings.server_max_connections,
+        ),
         log_config=None,
         access_log=False,
         # uvicorn takes whole seconds; rounding down would cut requests short (0.5 s would be none).
@@ -190,9 +212,12 @@ WORKER_LOOPS = [name for name in LOOPS if name != "sink"]
 
 
 def worker_loops(only: str | None, *, kafka: bool) -> list[str]:
-    """The loops chosen (all by default), and the sink beside the monitors when there is no Kafka:
-    their check results then reach no other process, and would pile up unstored."""
+    """The loops chosen (all by default), the deliveries beside the timers (which send their
+    webhooks through them), and the sink beside the monitors when there is no Kafka: their check
+    results then reach no other process, and would pile up unstored."""
     loops = WORKER_LOOPS if only is None else pick(only, WORKER_LOOPS)
+    if "timers" in loops and "deliveries" not in loops:
+        loops = [*loops, "deliveries"]
     return [*loops, "sink"] if "monitors" in loops and not kafka else loops
 
 
@@ -208,6 +233,7 @@ def worker(
 ) -> None:
     """Background loops without the HTTP API."""
     settings = _settings()
+    _check_storage(settings)
     kafka = settings.kafka_bootstrap_servers is not None
     uvloop.run(_run_until_signal(settings, worker_loops(only, kafka=kafka)))
 
@@ -236,11 +262,11 @@ def migrate(as_json: JsonOption = False) -> None:
         applied = asyncio.run(apply_migrations(database_url(settings)))
     except psycopg.OperationalError as error:
         raise _database_unreachable(error) from None
-    made = (
-        _with_connection(settings, auth.create_bootstrap_key) if settings.api_keys_enabled else None
-    )
+    made = None
+    if settings.api_keys_enabled:
+        made = _with_connection(settings, auth.create_bootstrap_key)
     if as_json:
-        bootstrap = None if made is None else {**dataclasses.asdict(made[0]), "key": made[1]}
+        bootstrap = None if made is None else {"id": str(made[0].id), "key": made[1]}
         _print_json({"applied": applied, "bootstrap_key": bootstrap})
         return
     typer.echo("\n".join(f"applied {name}" for name in applied) or "database is up to date")

@@ -1,16 +1,17 @@
 """Settings, read from `ERRANDS_*` environment variables (and a `.env` file) and built once at
 each entry point."""
 
+import base64
 import difflib
 import os
 from pathlib import Path
 from typing import Literal
 
 from dotenv import dotenv_values
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["Settings", "SettingsError", "decode_webhook_secrets", "load_settings"]
 
 
 class Settings(BaseSettings):
@@ -26,6 +27,7 @@ class Settings(BaseSettings):
     allow_private_targets: bool = False
     db_pool_max: int = Field(default=10, ge=1, le=200)
     db_pool_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    db_statement_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     shutdown_grace_s: float = Field(default=20.0, gt=0)
 
     # Outbound HTTP
@@ -73,15 +75,30 @@ class Settings(BaseSettings):
 
     # Timers
     timer_max_total_s: int = Field(default=365 * 24 * 3600, ge=1)
-    timer_webhook_secret: str | None = None  # set: each webhook carries an Errands-Signature
-    timer_webhook_timeout_s: float = Field(default=10.0, gt=0)
-    timer_max_attempts: int = Field(default=12, ge=1)
-    timer_retry_base_s: float = Field(default=1.0, gt=0)
-    timer_retry_max_s: float = Field(default=3600.0, gt=0)
-    timer_lease_s: float = Field(default=30.0, gt=0)
-    timer_batch_size: int = Field(default=256, ge=1)
-    timer_max_in_flight: int = Field(default=512, ge=1)
-    timer_poll_interval_s: float = Field(default=1.0, gt=0)
+
+    # Webhook deliveries (every webhook Errands sends: timers, alerts, callbacks)
+    webhook_secret: str | None = None  # space-separated whsec_<base64> secrets: sign with each
+    delivery_timeout_s: float = Field(default=10.0, gt=0)  # per attempt, once a host slot is free
+    delivery_max_per_host: int = Field(default=16, ge=1, le=32)  # the HTTP client opens 32 a host
+    delivery_max_attempts: int = Field(default=12, ge=1)
+    delivery_retry_base_s: float = Field(default=1.0, gt=0)
+    delivery_retry_max_s: float = Field(default=3600.0, gt=0)
+    delivery_retry_after_max_s: float = Field(default=3600.0, ge=0)  # cap on a receiver's wish
+    delivery_lease_s: float = Field(default=30.0, gt=0)
+    delivery_batch_size: int = Field(default=256, ge=1)
+    delivery_max_in_flight: int = Field(default=512, ge=1)
+    delivery_poll_interval_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def secrets_are_standard_webhooks_keys(cls, text: str | None) -> str | None:
+        decode_webhook_secrets(text or "")
+        return text
+
+    @property
+    def webhook_keys(self) -> list[bytes]:
+        """The HMAC keys of `webhook_secret`; every webhook is signed with each."""
+        return decode_webhook_secrets(self.webhook_secret or "")
 
     # The `errands` commands that call a running service (timers, uploads, monitors)
     api_url: str = "http://127.0.0.1:8000"
@@ -93,6 +110,13 @@ class Settings(BaseSettings):
     max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     shutdown_drain_s: float = Field(default=0.0, ge=0)  # /readyz 503 while still serving
     metrics_port: int | None = Field(default=None, ge=1, le=65535)  # worker and sink /metrics
+    server_header_timeout_s: float = Field(default=10.0, gt=0, le=300)  # all headers, from byte 1
+    server_body_idle_timeout_s: float = Field(default=30.0, gt=0, le=600)  # between body bytes
+    server_max_connections: int = Field(default=1000, ge=1)  # more are closed when accepted
+
+    # Console: how long a sign-in lasts, and how long the public status page is cached
+    console_session_s: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
+    status_cache_s: float = Field(default=30.0, ge=0, le=3600)
 
     # Conversions: upload limits, output size, and the child processes that convert
     upload_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)  # one request, all files
@@ -103,8 +127,36 @@ class Settings(BaseSettings):
     max_pdf_pages: int = Field(default=500, ge=1)
     conversion_workers: int = Field(default=2, ge=1)  # child processes at once per supervisor
     conversion_child_memory_mb: int = Field(default=1024, ge=128)  # address-space limit
-    conversion_timeout_s: float = Field(default=300.0, gt=0)
+    conversion_timeout_s: float = Field(default=300.0, gt=0)  # one file, all its pages
+    conversion_page_timeout_s: float = Field(default=20.0, gt=0)  # one page (or one image)
     conversion_lease_s: float = Field(default=60.0, gt=0)
+    conversion_preview_width: int = Field(default=256, ge=16, le=1024)
+    # What one upload may produce in all; the file that would exceed it fails.
+    upload_max_output_pages: int = Field(default=1000, ge=1)
+    upload_max_output_pixels: int = Field(default=2_500_000_000, ge=1)
+    upload_max_output_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    upload_retention_days: int = Field(default=30, ge=1, le=36500)  # finished uploads, files too
+    conversion_storage_retry_s: float = Field(default=10.0, gt=0)  # storage out of reach
+
+    # Storage: unset is a folder under data_dir; s3://bucket/prefix a bucket (AWS_* variables)
+    storage_url: str | None = Field(default=None, pattern=r"^s3://[^/?#]+(/[^?#]*)?$")
+    storage_presign: bool = False  # GET /files answers 307 to a presigned URL of the bucket
+    storage_presign_ttl_s: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+
+
+def decode_webhook_secrets(text: str) -> list[bytes]:
+    """The keys of space-separated `whsec_<base64>` secrets (the Standard Webhooks form);
+    ValueError names the first bad one."""
+    keys = []
+    for position, secret in enumerate(text.split(), start=1):
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            key = b""
+        if not secret.startswith("whsec_") or not key:
+            raise ValueError(f"secret {position} is not of the form whsec_<base64>")
+        keys.append(key)
+    return keys
 
 
 class SettingsError(Exception):

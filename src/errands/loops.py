@@ -7,10 +7,11 @@ from typing import Any
 import structlog
 
 from errands.conversions.supervisor import convert_uploaded_files
+from errands.core.delivery import deliver_webhooks
 from errands.core.resources import Resources
 from errands.monitors.checker import run_checker
 from errands.monitors.sink import run_sink
-from errands.timers.firing import fire_due_timers
+from errands.timers.upkeep import keep_timers
 
 __all__ = ["LOOPS", "run_loops"]
 
@@ -20,7 +21,8 @@ log = structlog.get_logger(__name__)
 
 # Each loop runs until the stop event is set, then finishes or releases what it holds.
 LOOPS: dict[str, Loop] = {
-    "timers": fire_due_timers,
+    "deliveries": deliver_webhooks,
+    "timers": keep_timers,
     "monitors": run_checker,
     "conversions": convert_uploaded_files,
     "sink": run_sink,

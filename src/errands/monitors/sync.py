@@ -13,9 +13,10 @@ import yaml
 from pydantic import ValidationError
 
 from errands.core.errors import Unprocessable
+from errands.core.http import masked_url
 from errands.core.resources import Resources
 from errands.monitors import store
-from errands.monitors.api import MonitorIn, validated_fields
+from errands.monitors.api import MonitorIn, fields_of, validated_fields
 
 __all__ = ["SitesFileError", "read_sites", "sync_sites"]
 
@@ -65,24 +66,16 @@ async def sync_sites(
     default_timeout = resources.settings.monitor_default_timeout_s
     try:
         all_fields = [
-            validated_fields(
-                resources.http,
-                url=site.url,
-                interval_s=site.interval_s,
-                timeout_s=site.timeout_s or min(default_timeout, site.interval_s),
-                method=site.method,
-                regex=site.regex,
-            )
-            for site in sites
+            validated_fields(resources.http, fields_of(site, default_timeout)) for site in sites
         ]
     except Unprocessable as error:
         raise SitesFileError(error.detail) from None
     outcomes = [
-        (await store.sync_monitor(resources.pool, fields, dry_run=dry_run), fields.url)
+        (await store.sync_monitor(resources.pool, fields, dry_run=dry_run), masked_url(fields.url))
         for fields in all_fields
     ]
     if prune:
         urls = [fields.url for fields in all_fields]
         deleted = await store.delete_monitors_not_listed(resources.pool, urls, dry_run=dry_run)
-        outcomes += [("deleted", url) for url in deleted]
+        outcomes += [("deleted", masked_url(url)) for url in deleted]
     return outcomes
