@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from errands.config import Settings
 from errands.core.errors import Unprocessable
 from errands.core.http import GuardedClient
+from errands.core.openapi import answer, request_example
 from errands.core.resources import Resources, get_resources
 from errands.core.validation import RequestBody
 from errands.titles.domains import InvalidDomain, Target, parse_domain
@@ -123,10 +124,39 @@ def recent_titles(
 
 @router.post(
     "/titles",
-    summary="Titles of many pages",
+    summary="Page titles of domains",
+    openapi_extra=request_example({"domains": ["example.com", "https://www.python.org/"]}),
     responses={
-        200: {"description": "Every entry's title or why there is none, in input order."},
-        422: {"description": "Not a list of domains, empty, too long, or a bad entry."},
+        200: answer(
+            {
+                "titles": ["Example Domain", None],
+                "results": [
+                    {
+                        "domain": "example.com",
+                        "url": "https://example.com/",
+                        "title": "Example Domain",
+                        "status": "ok",
+                        "error": None,
+                        "elapsed_ms": 48.2,
+                        "cached": False,
+                    },
+                    {
+                        "domain": "https://www.python.org/",
+                        "url": "https://www.python.org/",
+                        "title": None,
+                        "status": "timeout",
+                        "error": "no answer within 10 s",
+                        "elapsed_ms": 10000.0,
+                        "cached": False,
+                    },
+                ],
+                "elapsed_ms": 10001.3,
+            }
+        ),
+        422: answer(
+            {"detail": "domains has 1200 entries; at most 1000 are accepted"},
+            "Not a list of domains, empty, too long, or a bad entry.",
+        ),
     },
 )
 async def post_titles(
