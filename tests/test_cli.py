@@ -28,8 +28,8 @@ def test_pick_refuses_unknown_names_and_an_empty_choice(text: str) -> None:
 @pytest.mark.parametrize(
     ("only", "kafka", "loops"),
     [
-        (None, True, ["timers", "monitors", "conversions"]),
-        (None, False, ["timers", "monitors", "conversions", "sink"]),
+        (None, True, ["timers", "monitors", "conversions", "sweeper"]),
+        (None, False, ["timers", "monitors", "conversions", "sweeper", "sink"]),
         ("monitors", True, ["monitors"]),
         ("monitors", False, ["monitors", "sink"]),
         ("timers", False, ["timers"]),

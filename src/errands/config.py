@@ -51,6 +51,7 @@ class Settings(BaseSettings):
 
     # Stats
     stats_flush_interval_s: float = Field(default=5.0, gt=0, le=60)
+    stats_retention_days: int = Field(default=400, ge=1, le=36500)
 
     # Monitors: checker, sink and retention of check results
     monitor_default_timeout_s: float = Field(default=10.0, gt=0, le=60)
@@ -73,6 +74,10 @@ class Settings(BaseSettings):
     timer_batch_size: int = Field(default=256, ge=1)
     timer_max_in_flight: int = Field(default=512, ge=1)
     timer_poll_interval_s: float = Field(default=1.0, gt=0)
+    timer_retention_days: int = Field(default=30, ge=1, le=36500)  # finished timers
+
+    # Lifecycle: the sweeper applies each feature's retention this often
+    sweep_interval_s: float = Field(default=300.0, gt=0, le=86400)
 
     # Operations: API keys, request limits, rollout, metrics of processes without the API
     api_keys_enabled: bool = False

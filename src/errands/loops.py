@@ -8,15 +8,29 @@ import structlog
 
 from errands.conversions.supervisor import convert_uploaded_files
 from errands.core.resources import Resources
+from errands.core.sweeper import Expiry, run_sweeper
 from errands.monitors.checker import run_checker
 from errands.monitors.sink import run_sink
+from errands.stats.store import expire_stats
 from errands.timers.firing import fire_due_timers
+from errands.timers.store import expire_finished_timers
 
-__all__ = ["LOOPS", "run_loops"]
+__all__ = ["EXPIRIES", "LOOPS", "run_loops"]
 
 Loop = Callable[[Resources, asyncio.Event], Coroutine[Any, Any, None]]
 
 log = structlog.get_logger(__name__)
+
+# Each feature's own expiry of what its retention settings let go, applied by the sweeper.
+EXPIRIES: dict[str, Expiry] = {
+    "stats": expire_stats,
+    "timers": expire_finished_timers,
+}
+
+
+async def sweep_expired(resources: Resources, stop: asyncio.Event) -> None:
+    await run_sweeper(resources, EXPIRIES, stop)
+
 
 # Each loop runs until the stop event is set, then finishes or releases what it holds.
 LOOPS: dict[str, Loop] = {
@@ -24,6 +38,7 @@ LOOPS: dict[str, Loop] = {
     "monitors": run_checker,
     "conversions": convert_uploaded_files,
     "sink": run_sink,
+    "sweeper": sweep_expired,
 }
 
 

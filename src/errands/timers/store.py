@@ -10,6 +10,7 @@ from typing import Any
 from errands.core import claims
 from errands.core.batching import Batcher
 from errands.core.db import Pool
+from errands.core.resources import Resources
 
 __all__ = [
     "CHANNEL",
@@ -17,6 +18,7 @@ __all__ = [
     "cancel_timer",
     "count_pending",
     "create_timer",
+    "expire_finished_timers",
     "get_timer",
     "mark_failed",
     "mark_fired",
@@ -210,3 +212,25 @@ async def count_pending(pool: Pool) -> int:
         cursor = await conn.execute(COUNT_PENDING)
         row = await cursor.fetchone()
     return 0 if row is None else int(row["pending"])
+
+
+# Finished timers (fired, failed, cancelled) have no due time; each is kept for the retention
+# from when it fired, or was due.
+EXPIRE_FINISHED_TIMERS = """
+    DELETE FROM timers
+     WHERE id IN (
+           SELECT id
+             FROM timers
+            WHERE due_at IS NULL
+              AND coalesce(fired_at, fire_at) < now() - %(keep)s
+            LIMIT %(limit)s
+     )
+"""
+
+
+async def expire_finished_timers(resources: Resources, limit: int) -> int:
+    """Delete up to `limit` finished timers older than ERRANDS_TIMER_RETENTION_DAYS."""
+    keep = timedelta(days=resources.settings.timer_retention_days)
+    async with resources.pool.connection() as conn:
+        cursor = await conn.execute(EXPIRE_FINISHED_TIMERS, {"keep": keep, "limit": limit})
+        return cursor.rowcount
