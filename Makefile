@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEPENDS := $(BIN)/python pyproject.toml constraints.txt
 
-.PHONY: run test lint bench format clean
+.PHONY: run test lint bench format clean image image-test stack-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,17 @@ lint: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-bench
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done
+
+# Containers, built and run in a private Docker daemon (as root; see deploy/scripts/lib.sh).
+image:
+	deploy/scripts/image.sh
+
+image-test:
+	deploy/scripts/image-test.sh
+
+# The stack's checks are tests/test_stack.py, run with the dev tools.
+stack-test: $(VENV)/.installed-dev
+	deploy/scripts/stack-test.sh
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix src tests bench

@@ -181,11 +181,21 @@ def fresh_database(server_url: str, name: str) -> str:
 
 # --- Errands ----------------------------------------------------------------------------------
 
+# What POST /timer writes, for many timers at once: the timer and its webhook's delivery.
 ADD_TIMERS = """
-    INSERT INTO timers (url, fire_at, due_at)
-    SELECT %(url)s, to_timestamp(at), to_timestamp(at)
-      FROM unnest(%(at)s::float8[]) AS at
-    RETURNING id::text, extract(epoch FROM fire_at)::float8 AS at
+    WITH due AS (
+        SELECT gen_random_uuid() AS id, to_timestamp(at) AS fire_at
+          FROM unnest(%(at)s::float8[]) AS at
+    ), timers_added AS (
+        INSERT INTO timers (id, url, fire_at)
+        SELECT id, %(url)s, fire_at FROM due
+    ), deliveries_added AS (
+        INSERT INTO deliveries (id, source, url, headers, body, scheduled_at, due_at)
+        SELECT id, 'timer', %(url)s, '{"Content-Type": "application/json"}',
+               convert_to(json_build_object('id', id::text)::text, 'UTF8'), fire_at, fire_at
+          FROM due
+    )
+    SELECT id::text, extract(epoch FROM fire_at)::float8 AS at FROM due
 """
 
 

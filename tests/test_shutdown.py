@@ -49,7 +49,7 @@ async def start_server(database_url: str, tmp_path: Path, drain_s: float) -> Asy
         "ERRANDS_ALLOW_PRIVATE_TARGETS": "true",
         "ERRANDS_SHUTDOWN_DRAIN_S": str(drain_s),
         "ERRANDS_SHUTDOWN_GRACE_S": str(GRACE_S),
-        "ERRANDS_TIMER_WEBHOOK_TIMEOUT_S": "60",
+        "ERRANDS_DELIVERY_TIMEOUT_S": "60",
         "ERRANDS_LOG_LEVEL": "warning",
     }
     log = tmp_path / "serve.log"
@@ -138,7 +138,7 @@ async def balancer(server: Server, report: LoadReport, paths: list[str], workers
 
 async def held_leases(database_url: str) -> list[tuple[str, str | None]]:
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        cursor = await conn.execute("SELECT status, lease_owner FROM timers")
+        cursor = await conn.execute("SELECT status, lease_owner FROM deliveries")
         return [(row[0], row[1]) for row in await cursor.fetchall()]
 
 

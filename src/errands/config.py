@@ -1,12 +1,17 @@
-"""Settings, read from `ERRANDS_*` environment variables and built once at each entry point."""
+"""Settings, read from `ERRANDS_*` environment variables (and a `.env` file) and built once at
+each entry point."""
 
+import base64
+import difflib
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from dotenv import dotenv_values
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["Settings", "SettingsError", "decode_webhook_secrets", "load_settings"]
 
 
 class Settings(BaseSettings):
@@ -18,6 +23,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] | None = None  # unset: console on a terminal
     allow_private_targets: bool = False
     db_pool_max: int = Field(default=10, ge=1, le=200)
     db_pool_timeout_s: float = Field(default=10.0, gt=0, le=300)
@@ -41,6 +47,9 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
     kafka_enable_idempotence: bool = True
+    kafka_request_timeout_ms: int = Field(default=10_000, ge=1000)
+    kafka_publish_wait_s: float = Field(default=2.0, gt=0)  # then the checker moves on
+    kafka_publish_queue_max: int = Field(default=100_000, ge=1)  # results held while Kafka is out
 
     # Titles (the 10 s cap is the API's promise, so it can be lowered but never raised)
     titles_timeout_s: float = Field(default=10.0, gt=0, le=10)
@@ -57,6 +66,8 @@ class Settings(BaseSettings):
     monitor_default_timeout_s: float = Field(default=10.0, gt=0, le=60)
     monitor_max_in_flight: int = Field(default=2000, ge=1)
     monitor_regex_timeout_s: float = Field(default=0.25, gt=0)
+    # A dead checker's monitors are checked again after this; renewed while a long check runs.
+    monitor_lease_s: float = Field(default=15.0, gt=0)
     kafka_topic_partitions: int = Field(default=6, ge=1)
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
     sink_batch_size: int = Field(default=5000, ge=1)
@@ -65,19 +76,39 @@ class Settings(BaseSettings):
 
     # Timers
     timer_max_total_s: int = Field(default=365 * 24 * 3600, ge=1)
-    timer_webhook_secret: str | None = None  # set: each webhook carries an Errands-Signature
-    timer_webhook_timeout_s: float = Field(default=10.0, gt=0)
-    timer_max_attempts: int = Field(default=12, ge=1)
-    timer_retry_base_s: float = Field(default=1.0, gt=0)
-    timer_retry_max_s: float = Field(default=3600.0, gt=0)
-    timer_lease_s: float = Field(default=30.0, gt=0)
-    timer_batch_size: int = Field(default=256, ge=1)
-    timer_max_in_flight: int = Field(default=512, ge=1)
-    timer_poll_interval_s: float = Field(default=1.0, gt=0)
     timer_retention_days: int = Field(default=30, ge=1, le=36500)  # finished timers
+
+    # Webhook deliveries (every webhook Errands sends: timers, alerts, callbacks)
+    webhook_secret: str | None = None  # space-separated whsec_<base64> secrets: sign with each
+    delivery_timeout_s: float = Field(default=10.0, gt=0)  # per attempt, once a host slot is free
+    delivery_max_per_host: int = Field(default=16, ge=1, le=32)  # the HTTP client opens 32 a host
+    delivery_max_attempts: int = Field(default=12, ge=1)
+    delivery_retry_base_s: float = Field(default=1.0, gt=0)
+    delivery_retry_max_s: float = Field(default=3600.0, gt=0)
+    delivery_retry_after_max_s: float = Field(default=3600.0, ge=0)  # cap on a receiver's wish
+    delivery_lease_s: float = Field(default=30.0, gt=0)
+    delivery_batch_size: int = Field(default=256, ge=1)
+    delivery_max_in_flight: int = Field(default=512, ge=1)
+    delivery_poll_interval_s: float = Field(default=1.0, gt=0)
+    delivery_retention_days: int = Field(default=30, ge=1, le=36500)  # finished, not timers'
 
     # Lifecycle: the sweeper applies each feature's retention this often
     sweep_interval_s: float = Field(default=300.0, gt=0, le=86400)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def secrets_are_standard_webhooks_keys(cls, text: str | None) -> str | None:
+        decode_webhook_secrets(text or "")
+        return text
+
+    @property
+    def webhook_keys(self) -> list[bytes]:
+        """The HMAC keys of `webhook_secret`; every webhook is signed with each."""
+        return decode_webhook_secrets(self.webhook_secret or "")
+
+    # The `errands` commands that call a running service (timers, uploads, monitors)
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None
 
     # Operations: API keys, request limits, rollout, metrics of processes without the API
     api_keys_enabled: bool = False
@@ -102,17 +133,56 @@ class Settings(BaseSettings):
     conversion_lease_s: float = Field(default=60.0, gt=0)
 
 
+def decode_webhook_secrets(text: str) -> list[bytes]:
+    """The keys of space-separated `whsec_<base64>` secrets (the Standard Webhooks form);
+    ValueError names the first bad one."""
+    keys = []
+    for position, secret in enumerate(text.split(), start=1):
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            key = b""
+        if not secret.startswith("whsec_") or not key:
+            raise ValueError(f"secret {position} is not of the form whsec_<base64>")
+        keys.append(key)
+    return keys
+
+
 class SettingsError(Exception):
     """A setting has an invalid value; the message names it in one line."""
 
 
-def load_settings() -> Settings:
-    """Read the environment, turning a validation failure into one line per bad setting."""
+ENV_FILE = Path(".env")
+# The test suite's own variables, read by its fixtures and never by Errands.
+TEST_PREFIX = "ERRANDS_TEST_"
+
+
+def load_settings(env_file: Path = ENV_FILE) -> Settings:
+    """Read the environment, then `env_file` (the environment wins), turning a validation failure
+    into one line per bad setting. An `ERRANDS_*` name that is no setting is refused rather than
+    ignored: a misspelled `ERRANDS_API_KEYS_ENABLED` would otherwise leave the API open."""
+    from_file = dotenv_values(env_file) if env_file.is_file() else {}
+    unknown = sorted(
+        name
+        for name in {*os.environ, *from_file}
+        if name.startswith("ERRANDS_")
+        and not name.startswith(TEST_PREFIX)
+        and name.removeprefix("ERRANDS_").lower() not in Settings.model_fields
+    )
+    if unknown:
+        raise SettingsError("; ".join(_unknown_setting(name) for name in unknown))
     try:
-        return Settings()
+        return Settings(_env_file=env_file if from_file else None)
     except ValidationError as error:
         lines = []
         for problem in error.errors():
             name = "ERRANDS_" + str(problem["loc"][0]).upper() if problem["loc"] else "settings"
             lines.append(f"invalid setting {name}: {problem['msg']}")
         raise SettingsError("; ".join(lines)) from None
+
+
+def _unknown_setting(name: str) -> str:
+    known = ["ERRANDS_" + field.upper() for field in Settings.model_fields]
+    close = difflib.get_close_matches(name.upper(), known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown setting {name}{hint}; every setting is listed in docs/operations.md"

@@ -7,13 +7,15 @@ from typing import Any
 import structlog
 
 from errands.conversions.supervisor import convert_uploaded_files
+from errands.core.delivery import deliver_webhooks
+from errands.core.delivery.store import expire_finished_deliveries
 from errands.core.resources import Resources
 from errands.core.sweeper import Expiry, run_sweeper
 from errands.monitors.checker import run_checker
 from errands.monitors.sink import run_sink
 from errands.stats.store import expire_stats
-from errands.timers.firing import fire_due_timers
 from errands.timers.store import expire_finished_timers
+from errands.timers.upkeep import keep_timers
 
 __all__ = ["EXPIRIES", "LOOPS", "run_loops"]
 
@@ -25,6 +27,7 @@ log = structlog.get_logger(__name__)
 EXPIRIES: dict[str, Expiry] = {
     "stats": expire_stats,
     "timers": expire_finished_timers,
+    "deliveries": expire_finished_deliveries,
 }
 
 
@@ -34,7 +37,8 @@ async def sweep_expired(resources: Resources, stop: asyncio.Event) -> None:
 
 # Each loop runs until the stop event is set, then finishes or releases what it holds.
 LOOPS: dict[str, Loop] = {
-    "timers": fire_due_timers,
+    "deliveries": deliver_webhooks,
+    "timers": keep_timers,
     "monitors": run_checker,
     "conversions": convert_uploaded_files,
     "sink": run_sink,

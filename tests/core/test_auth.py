@@ -271,3 +271,49 @@ async def test_a_revoked_key_stops_working_within_the_cache_time(
         while (await running.client.get(path, headers=bearer(secret))).status_code != 401:
             assert asyncio.get_running_loop().time() < deadline, "revocation never took effect"
             await asyncio.sleep(0.1)
+
+
+async def run_migrate(database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ERRANDS_DATABASE_URL": database_url, "ERRANDS_API_KEYS_ENABLED": "true"}
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "errands", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_migrate_with_keys_on_prints_a_bootstrap_admin_key_once(
+    guarded: RunningApp, database_url: str
+) -> None:
+    first = await run_migrate(database_url)
+    again = await run_migrate(database_url)
+
+    assert first.returncode == 0, first.stderr
+    printed = re.search(
+        r"^bootstrap API key \S+ \(admin scope.*\): (errands_\S+)$", first.stdout, re.M
+    )
+    assert printed, first.stdout
+    response = await guarded.client.get("/stats", headers=bearer(printed[1]))
+    assert response.status_code == 200
+    assert again.returncode == 0, again.stderr
+    assert "bootstrap" not in again.stdout
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cursor = await conn.execute("SELECT name, scopes, key_hash FROM api_keys")
+        rows = await cursor.fetchall()
+    assert rows == [("bootstrap", ["admin"], hashlib.sha256(printed[1].encode()).digest())]
+
+
+async def test_no_bootstrap_key_where_a_key_was_ever_made(database_url: str) -> None:
+    key, _ = await new_key(database_url, "timers")
+    async with await psycopg.AsyncConnection.connect(
+        database_url, autocommit=True, row_factory=dict_row
+    ) as conn:
+        await auth.revoke_key(conn, key.id)
+
+        made = await auth.create_bootstrap_key(conn)
+
+        assert made is None
+        assert [found.name for found in await auth.list_keys(conn)] == ["test"]

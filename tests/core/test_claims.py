@@ -1,6 +1,7 @@
 """The scheduling core against a real PostgreSQL: claims, leases, release, wake-ups."""
 
 import asyncio
+import time
 import uuid
 from collections import Counter
 from datetime import timedelta
@@ -11,6 +12,8 @@ from psycopg.conninfo import make_conninfo
 from errands.core import claims
 from errands.core.claims import ClaimQueue, Row, run_claim_loop
 from errands.core.db import Pool, open_pool
+from errands.core.http import GuardedClient
+from tests.fixtures.targets import TargetServer
 
 CREATE_JOBS = """
     CREATE TABLE jobs (
@@ -352,3 +355,80 @@ async def test_stop_during_a_database_outage_ends_cleanly(jobs: Pool, claimer_ur
     async with jobs.connection() as conn:
         row = await (await conn.execute(LEASE_STATE)).fetchone()
     assert row == {"lease_owner": "me", "held": True}
+
+
+async def test_a_worker_frozen_past_its_lease_sends_nothing_and_claims_again(
+    jobs: Pool, database_url: str, stop_event: asyncio.Event, target_server: TargetServer
+) -> None:
+    await add_due_jobs(jobs, 1)
+    queue = job_queue(lease=timedelta(seconds=1))
+    effect_url = target_server.url("/effect")
+    started: list[uuid.UUID] = []
+
+    async with GuardedClient(allow_private=True) as http:
+
+        async def handle(row: Row) -> None:
+            started.append(row["id"])
+            if len(started) == 1:
+                # The whole process frozen (a GC pause, SIGSTOP): nothing renews the lease.
+                time.sleep(1.1)  # noqa: ASYNC251
+            await http.fetch("POST", effect_url)
+            async with jobs.connection() as conn:
+                await conn.execute(FINISH_JOB, {"owner": "me", "id": row["id"]})
+
+        loop = asyncio.create_task(
+            run_claim_loop(queue, jobs, database_url, handle, stop_event, owner="me")
+        )
+        await wait_until_all_done(jobs)
+        stop_event.set()
+        await loop
+
+    assert len(started) == 2, "the lapsed row was dropped, then claimed again"
+    assert started[0] == started[1]
+    assert target_server.hits["/effect"] == 1, "the frozen handler's request was never sent"
+
+
+async def test_a_renewed_lease_stays_valid_past_its_first_length(
+    jobs: Pool, database_url: str, stop_event: asyncio.Event
+) -> None:
+    await add_due_jobs(jobs, 1)
+    queue = job_queue(lease=timedelta(seconds=0.6))
+    seen: list[tuple[bool, float]] = []
+
+    async def handle(row: Row) -> None:
+        await asyncio.sleep(2.0)  # several lease lengths, renewed every 0.2 s
+        lease = claims.current_lease()
+        assert lease is not None and lease.row_id == row["id"]
+        seen.append((lease.valid(), lease.remaining_s()))
+        async with jobs.connection() as conn:
+            await conn.execute(FINISH_JOB, {"owner": "me", "id": row["id"]})
+
+    loop = asyncio.create_task(
+        run_claim_loop(queue, jobs, database_url, handle, stop_event, owner="me")
+    )
+    await wait_until_all_done(jobs)
+    stop_event.set()
+    await loop
+    [(valid, remaining_s)] = seen
+    assert valid and remaining_s <= 0.6
+
+
+async def test_a_lapsed_lease_is_not_revived_by_a_renewal(jobs: Pool) -> None:
+    await add_due_jobs(jobs, 2)
+    queue = job_queue(lease=timedelta(milliseconds=300))
+    rows = await queue.claim(jobs, "me", 2)
+    await asyncio.sleep(0.4)
+    assert await queue.renew(jobs, "me", [row["id"] for row in rows]) == set()
+    fresh = await queue.claim(jobs, "me", 2)
+    assert await queue.renew(jobs, "me", [row["id"] for row in fresh]) == {
+        row["id"] for row in fresh
+    }
+
+
+def test_a_lease_lapses_a_safety_margin_before_it_ends() -> None:
+    lease = claims.Lease(uuid.uuid4(), "me", length_s=8.0, expires_at=time.monotonic() + 3.0)
+    assert lease.valid()  # 3 s left, margin 2 s
+    lease.expires_at = time.monotonic() + 1.5
+    assert not lease.valid()
+    with pytest.raises(claims.LeaseLapsed, match="safety margin"):
+        lease.check()

@@ -16,8 +16,8 @@ from tests.fixtures.app import free_port
 FEATURE_METRICS = [
     "errands_titles_fetched",
     "errands_timers_pending",
-    "errands_timers_fired",
-    "errands_timer_lateness_seconds",
+    "errands_deliveries",
+    "errands_delivery_lateness_seconds",
     "errands_conversion_queue_depth",
     "errands_conversion_duration_seconds",
     "errands_conversion_child_peak_rss_bytes",

@@ -21,17 +21,33 @@ INSERT_STATS_ROW = """
     VALUES ('GET', %(route)s, now() - %(age)s, '', 1, 0, 1.0, '{1}')
 """
 
+# A timer and its delivery (its state lives there), as the timers feature stores them.
 INSERT_TIMER = """
-    INSERT INTO timers (id, url, fire_at, status, fired_at, due_at)
-    VALUES (%(id)s, 'http://a.test/', now() - %(age)s, %(status)s,
-            CASE WHEN %(status)s = 'fired' THEN now() - %(age)s END,
-            CASE WHEN %(status)s = 'pending' THEN now() - %(age)s END)
+    WITH timer AS (
+        INSERT INTO timers (id, url, fire_at)
+        VALUES (%(id)s, 'http://a.test/', now() - %(age)s)
+    )
+    INSERT INTO deliveries (id, source, url, status, scheduled_at, due_at, delivered_at)
+    VALUES (%(id)s, 'timer', 'http://a.test/', %(status)s, now() - %(age)s,
+            CASE WHEN %(status)s = 'pending' THEN now() - %(age)s END,
+            CASE WHEN %(status)s = 'delivered' THEN now() - %(age)s END)
+"""
+
+INSERT_ALERT_DELIVERY = """
+    INSERT INTO deliveries (id, source, url, status, scheduled_at, due_at, delivered_at)
+    VALUES (%(id)s, 'alert', 'http://a.test/', 'delivered', now() - %(age)s, NULL,
+            now() - %(age)s)
 """
 
 
 @pytest.fixture
 async def swept(settings: Settings) -> AsyncIterator[Resources]:
-    retention = {"stats_retention_days": 10, "timer_retention_days": 5, "sweep_interval_s": 0.1}
+    retention = {
+        "stats_retention_days": 10,
+        "timer_retention_days": 5,
+        "delivery_retention_days": 3,
+        "sweep_interval_s": 0.1,
+    }
     async with open_resources(settings.model_copy(update=retention)) as opened:
         yield opened
 
@@ -42,9 +58,9 @@ async def stats_routes(resources: Resources) -> set[str]:
         return {row["route"] for row in await cursor.fetchall()}
 
 
-async def timer_ids(resources: Resources) -> set[uuid.UUID]:
+async def ids_in(resources: Resources, table: str) -> set[uuid.UUID]:
     async with resources.pool.connection() as conn:
-        cursor = await conn.execute("SELECT id FROM timers")
+        cursor = await conn.execute(f"SELECT id FROM {table}")  # noqa: S608 (a fixed name)
         return {row["id"] for row in await cursor.fetchall()}
 
 
@@ -53,17 +69,17 @@ async def test_old_stats_rows_go_and_recent_ones_stay(swept: Resources) -> None:
         for route, age in [("/old", timedelta(days=11)), ("/recent", timedelta(days=9))]:
             await conn.execute(INSERT_STATS_ROW, {"route": route, "age": age})
 
-    assert await sweeper.sweep_once(swept, EXPIRIES) == {"stats": 1, "timers": 0}
+    assert await sweeper.sweep_once(swept, EXPIRIES) == {"stats": 1, "timers": 0, "deliveries": 0}
     assert await stats_routes(swept) == {"/recent"}
 
 
 async def test_finished_timers_past_retention_go_and_pending_ones_stay(swept: Resources) -> None:
     kept = {
-        "recently fired": ("fired", timedelta(days=4)),
+        "recently fired": ("delivered", timedelta(days=4)),
         "pending and overdue": ("pending", timedelta(days=30)),
     }
     gone = {
-        "fired long ago": ("fired", timedelta(days=6)),
+        "fired long ago": ("delivered", timedelta(days=6)),
         "failed long ago": ("failed", timedelta(days=6)),
         "cancelled long ago": ("cancelled", timedelta(days=6)),
     }
@@ -75,7 +91,25 @@ async def test_finished_timers_past_retention_go_and_pending_ones_stay(swept: Re
     removed = await sweeper.sweep_once(swept, EXPIRIES)
 
     assert removed["timers"] == len(gone)
-    assert await timer_ids(swept) == {ids[name] for name in kept}
+    assert await ids_in(swept, "timers") == {ids[name] for name in kept}
+    assert await ids_in(swept, "deliveries") == {ids[name] for name in kept}
+
+
+async def test_other_deliveries_follow_their_own_retention(swept: Resources) -> None:
+    old, recent = uuid.uuid4(), uuid.uuid4()
+    async with swept.pool.connection() as conn:
+        await conn.execute(INSERT_ALERT_DELIVERY, {"id": old, "age": timedelta(days=4)})
+        await conn.execute(INSERT_ALERT_DELIVERY, {"id": recent, "age": timedelta(days=2)})
+        # A timer's delivery of the same age stays: timers keep theirs for 5 days.
+        timer = uuid.uuid4()
+        await conn.execute(
+            INSERT_TIMER, {"id": timer, "status": "delivered", "age": timedelta(days=4)}
+        )
+
+    removed = await sweeper.sweep_once(swept, EXPIRIES)
+
+    assert removed["deliveries"] == 1
+    assert await ids_in(swept, "deliveries") == {recent, timer}
 
 
 async def test_an_expiry_is_repeated_until_its_backlog_is_gone(
@@ -111,4 +145,4 @@ async def test_a_database_out_of_reach_leaves_the_sweep_for_later(swept: Resourc
         pass  # closed on leaving: every use now fails as with a database gone
     unreachable = dataclasses.replace(swept, pool=pool)
 
-    assert await sweeper.sweep_once(unreachable, EXPIRIES) == {"stats": 0, "timers": 0}
+    assert await sweeper.sweep_once(unreachable, EXPIRIES) == dict.fromkeys(EXPIRIES, 0)

@@ -2,6 +2,7 @@
 mid-batch that loses and duplicates nothing."""
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -375,3 +376,42 @@ def test_the_producer_is_idempotent_unless_switched_off() -> None:
     assert producer_options(settings)["acks"] == "all"
     switched_off = settings.model_copy(update={"kafka_enable_idempotence": False})
     assert producer_options(switched_off)["enable_idempotence"] is False
+
+
+async def test_an_idle_consumer_still_reports_its_lag(
+    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing to read, the consumer yields empty batches carrying the lag asked of the
+    broker, so the lag gauge and the consumer's health do not freeze at their last value."""
+    monkeypatch.setattr(bus_module, "LAG_REFRESH_S", 0.2)
+    stop = asyncio.Event()
+    async with open_bus(kafka_settings) as bus:
+        await bus.publish(b"k", b"only")
+        async with aclosing(bus.consume(stop, max_messages=10, linger_s=0.05)) as batches:
+            first = await asyncio.wait_for(anext(batches), 30)
+            assert [m.value for m in first.messages] == [b"only"]
+            await first.commit()
+            idle = await asyncio.wait_for(anext(batches), 30)
+        assert idle.messages == []
+        assert sum(idle.lag.values()) == 0
+        assert len(idle.lag) == kafka_settings.kafka_topic_partitions
+        assert bus.health().problem is None
+
+
+def test_aiokafka_repeats_are_logged_once_per_interval() -> None:
+    bus_module.limit_kafka_logs()
+    logger = logging.getLogger("aiokafka.conn")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        for attempt in range(20):
+            logger.error("Unable connect to %r: %s", "127.0.0.1:1", f"refused {attempt}")
+        logger.error("Something else happened")
+    finally:
+        logger.removeHandler(handler)
+    assert [record.getMessage() for record in records] == [
+        "Unable connect to '127.0.0.1:1': refused 0",
+        "Something else happened",
+    ]

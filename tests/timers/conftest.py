@@ -56,11 +56,11 @@ class Receiver:
 
     async def _receive(self, request: web.Request) -> web.Response:
         body = await request.read()
-        payload = await request.json()
-        self.deliveries.append(Delivery(payload["id"], request.headers, body, time.time()))
+        timer_id = request.headers["webhook-id"]  # a timer's webhook is its delivery
+        self.deliveries.append(Delivery(timer_id, request.headers, body, time.time()))
         self._arrived.set()
         if self.on_delivery is not None:
-            await self.on_delivery(payload["id"])
+            await self.on_delivery(timer_id)
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         status = self.answers.pop(0) if self.answers else 200
@@ -68,7 +68,7 @@ class Receiver:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_post("/hook", self._receive)
+        app.router.add_route("*", "/hook", self._receive)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -88,7 +88,12 @@ async def receiver() -> AsyncIterator[Receiver]:
     await server.close()
 
 
-TIMER_STATE = "SELECT status, attempts, last_error, fired_at FROM timers WHERE id = %s"
+TIMER_STATE = """
+    SELECT CASE status WHEN 'delivered' THEN 'fired' ELSE status END AS status,
+           attempts, last_error, delivered_at AS fired_at
+      FROM deliveries
+     WHERE id = %s
+"""
 
 
 async def wait_for_status(

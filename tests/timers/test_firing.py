@@ -1,8 +1,8 @@
-"""The firer in-process against a real receiver: on time, signed, retried, refused."""
+"""Timers' webhooks through the delivery loop, in process, against a real receiver: on time,
+signed, retried, refused."""
 
 import asyncio
-import hashlib
-import hmac
+import base64
 import json
 import socket
 import time
@@ -11,38 +11,21 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from psycopg.conninfo import make_conninfo
+from standardwebhooks.webhooks import Webhook
 
 from errands.config import Settings
 from errands.core.db import Pool
-from errands.timers.firing import judge_response, retry_delay_s, sign
 from tests.fixtures.app import serve_app
 from tests.timers.conftest import Receiver, wait_for_status
 
-FAST_RETRIES = {"timer_retry_base_s": 0.1, "timer_max_attempts": 3}
-
-
-def test_signature_is_hmac_sha256_of_time_dot_body() -> None:
-    expected = hmac.new(b"s3cret", b"1700000000.{}", hashlib.sha256).hexdigest()
-    assert sign("s3cret", b"{}", 1700000000) == f"t=1700000000,v1={expected}"
-
-
-def test_retries_back_off_exponentially_up_to_a_ceiling() -> None:
-    assert [retry_delay_s(n, 1.0, 60.0) for n in (1, 2, 3, 4, 7, 500)] == [1, 2, 4, 8, 60, 60]
-
-
-@pytest.mark.parametrize(
-    ("status", "result"),
-    [(200, "fired"), (204, "fired"), (500, "retry"), (503, "retry"), (400, "failed"),
-     (404, "failed"), (410, "failed"), (304, "failed")],
-)  # fmt: skip
-def test_2xx_delivers_5xx_retries_other_answers_are_final(status: int, result: str) -> None:
-    assert judge_response(status).result == result
+FAST_RETRIES = {"delivery_retry_base_s": 0.1, "delivery_max_attempts": 3}
+LOOPS = ["deliveries"]
 
 
 async def test_timers_fire_on_time_with_the_timer_id(
     settings: Settings, receiver: Receiver, pool: Pool
 ) -> None:
-    async with serve_app(settings, loops=["timers"]) as running:
+    async with serve_app(settings, loops=LOOPS) as running:
         created: dict[str, tuple[float, float]] = {}  # id: earliest and latest fair arrival
         for seconds in (0, 1, 2, 2):
             asked_at = time.time()
@@ -59,7 +42,8 @@ async def test_timers_fire_on_time_with_the_timer_id(
             assert json.loads(delivery.body) == {"id": delivery.timer_id}
             assert delivery.headers["Idempotency-Key"] == delivery.timer_id
             assert delivery.headers["Content-Type"] == "application/json"
-            assert "Errands-Signature" not in delivery.headers
+            assert delivery.headers["webhook-id"] == delivery.timer_id
+            assert "webhook-signature" not in delivery.headers
         for timer_id in created:
             await wait_for_status(pool, timer_id, {"fired"})
             timer = (await running.client.get(f"/timer/{timer_id}")).json()
@@ -70,25 +54,33 @@ async def test_timers_fire_on_time_with_the_timer_id(
     assert receiver.counts() == dict.fromkeys(created, 1)
 
 
-async def test_webhooks_are_signed_when_a_secret_is_set(
+async def test_webhooks_are_signed_with_every_secret_and_verify_as_standard_webhooks(
     settings: Settings, receiver: Receiver
 ) -> None:
-    signed = settings.model_copy(update={"timer_webhook_secret": "s3cret"})
-    async with serve_app(signed, loops=["timers"]) as running:
+    old_secret = "whsec_" + base64.b64encode(b"the secret being retired").decode()
+    new_secret = "whsec_" + base64.b64encode(b"the secret taking over").decode()
+    signed = settings.model_copy(update={"webhook_secret": f"{old_secret} {new_secret}"})
+    async with serve_app(signed, loops=LOOPS) as running:
         await running.client.post("/timer", json={"url": receiver.url})
         await receiver.wait_for_ids(1, timeout_s=10)
 
     delivery = receiver.deliveries[0]
-    fields = dict(part.split("=", 1) for part in delivery.headers["Errands-Signature"].split(","))
-    signed_text = fields["t"].encode() + b"." + delivery.body
-    assert fields["v1"] == hmac.new(b"s3cret", signed_text, hashlib.sha256).hexdigest()
-    assert abs(int(fields["t"]) - delivery.received_at) < 5
+    headers = dict(delivery.headers)
+    assert len(delivery.headers["webhook-signature"].split(" ")) == 2
+    # A receiver that knows either secret verifies the webhook, as it would mid-rotation.
+    for secret in (old_secret, new_secret):
+        payload = Webhook(secret).verify(delivery.body, headers)
+        assert payload == {"id": delivery.timer_id}
+    assert abs(int(delivery.headers["webhook-timestamp"]) - delivery.received_at) < 5
+    stranger = "whsec_" + base64.b64encode(b"someone else").decode()
+    with pytest.raises(Exception, match="No matching signature"):
+        Webhook(stranger).verify(delivery.body, headers)
 
 
 async def create_and_settle(
     settings: Settings, pool: Pool, url: str, statuses: set[str]
 ) -> dict[str, Any]:
-    async with serve_app(settings, loops=["timers"]) as running:
+    async with serve_app(settings, loops=LOOPS) as running:
         created = (await running.client.post("/timer", json={"url": url})).json()
         row = await wait_for_status(pool, created["id"], statuses)
         timer: dict[str, Any] = (await running.client.get(f"/timer/{created['id']}")).json()
@@ -146,7 +138,7 @@ async def test_slow_receivers_time_out_and_are_retried(
 ) -> None:
     receiver.delay_s = 1.0
     impatient = settings.model_copy(
-        update={**FAST_RETRIES, "timer_max_attempts": 2, "timer_webhook_timeout_s": 0.2}
+        update={**FAST_RETRIES, "delivery_max_attempts": 2, "delivery_timeout_s": 0.2}
     )
 
     timer = await create_and_settle(impatient, pool, receiver.url, {"fired", "failed"})
@@ -162,12 +154,12 @@ async def test_a_delivered_webhook_is_recorded_through_a_database_hiccup(
     # The firer's statements give up after 100 ms waiting for a lock, as on a lost connection.
     assert settings.database_url is not None
     impatient_url = make_conninfo(settings.database_url, options="-c lock_timeout=100")
-    impatient = settings.model_copy(update={"database_url": impatient_url, "timer_lease_s": 3.0})
+    impatient = settings.model_copy(update={"database_url": impatient_url, "delivery_lease_s": 3.0})
     holding: list[asyncio.Task[None]] = []
 
     async def hold_the_row(timer_id: str, locked: asyncio.Event) -> None:
         async with pool.connection() as conn, conn.transaction():
-            await conn.execute("SELECT 1 FROM timers WHERE id = %s FOR UPDATE", (timer_id,))
+            await conn.execute("SELECT 1 FROM deliveries WHERE id = %s FOR UPDATE", (timer_id,))
             locked.set()
             await asyncio.sleep(0.5)
 
@@ -178,7 +170,7 @@ async def test_a_delivered_webhook_is_recorded_through_a_database_hiccup(
             await locked.wait()
 
     receiver.on_delivery = lock_the_first_delivery
-    async with serve_app(impatient, loops=["timers"]) as running:
+    async with serve_app(impatient, loops=LOOPS) as running:
         created = (await running.client.post("/timer", json={"url": receiver.url})).json()
         await wait_for_status(pool, created["id"], {"fired"})
     await asyncio.gather(*holding)
@@ -204,8 +196,8 @@ async def test_private_targets_fail_with_a_clear_error_unless_allowed(
 async def test_a_timer_due_before_the_next_poll_wakes_the_firer(
     settings: Settings, receiver: Receiver
 ) -> None:
-    slow_polling = settings.model_copy(update={"timer_poll_interval_s": 30.0})
-    async with serve_app(slow_polling, loops=["timers"]) as running:
+    slow_polling = settings.model_copy(update={"delivery_poll_interval_s": 30.0})
+    async with serve_app(slow_polling, loops=LOOPS) as running:
         await running.client.post("/timer", json={"seconds": 1, "url": receiver.url})  # settle
         await receiver.wait_for_ids(1, timeout_s=40)
         asked_at = time.time()
@@ -218,25 +210,24 @@ async def test_a_timer_due_before_the_next_poll_wakes_the_firer(
 async def test_firing_is_visible_in_the_metrics(
     settings: Settings, receiver: Receiver, pool: Pool
 ) -> None:
-    async with pool.connection() as conn:
-        await conn.execute(
-            "INSERT INTO timers (url, fire_at, due_at)"
-            " SELECT 'https://example.com', now() + interval '1 hour', now() + interval '1 hour'"
-            " FROM generate_series(1, 3)"
-        )
-    fired_before = REGISTRY.get_sample_value("errands_timers_fired_total", {"outcome": "fired"})
-    observed_before = REGISTRY.get_sample_value("errands_timer_lateness_seconds_count")
+    async with serve_app(settings) as running:
+        for _ in range(3):
+            await running.client.post("/timer", json={"hours": 1, "url": "https://example.com"})
+    delivered = {"source": "timer", "outcome": "delivered"}
+    fired_before = REGISTRY.get_sample_value("errands_deliveries_total", delivered)
+    lateness = {"source": "timer"}
+    observed_before = REGISTRY.get_sample_value("errands_delivery_lateness_seconds_count", lateness)
 
-    async with serve_app(settings, loops=["timers"]) as running:
+    async with serve_app(settings, loops=["timers", "deliveries"]) as running:
         deadline = time.monotonic() + 10
-        # Counted as the firer starts, then every few seconds.
+        # Counted as the loop starts, then every few seconds.
         while "errands_timers_pending 3.0" not in (await running.client.get("/metrics")).text:
             assert time.monotonic() < deadline, "errands_timers_pending never showed 3"
             await asyncio.sleep(0.05)
         await running.client.post("/timer", json={"url": receiver.url})
         await receiver.wait_for_ids(1, timeout_s=10)
 
-    fired = REGISTRY.get_sample_value("errands_timers_fired_total", {"outcome": "fired"})
+    fired = REGISTRY.get_sample_value("errands_deliveries_total", delivered)
     assert (fired or 0) - (fired_before or 0) == 1
-    observed = REGISTRY.get_sample_value("errands_timer_lateness_seconds_count")
+    observed = REGISTRY.get_sample_value("errands_delivery_lateness_seconds_count", lateness)
     assert (observed or 0) - (observed_before or 0) == 1

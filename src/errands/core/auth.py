@@ -1,5 +1,8 @@
 """API keys: created and revoked from the CLI, stored hashed, checked on every request when on.
 
+With keys on, `errands migrate` gives a database that never had a key one admin key, the
+bootstrap key, printed once, so a fresh install can be administered.
+
 A route needs the scope named by its router's tag (titles, stats, timers, conversions,
 monitors); a route without one of those tags needs `admin`, and an `admin` key opens every
 route. /healthz, /readyz, /metrics and the API documentation stay open.
@@ -23,12 +26,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from errands.core.db import Pool
 
 __all__ = [
+    "DOCS_ASSETS_PATH",
     "FEATURE_SCOPES",
     "KEY_PREFIX",
     "SCOPES",
     "ApiKey",
     "ApiKeyMiddleware",
     "Connection",
+    "create_bootstrap_key",
     "create_key",
     "hash_key",
     "list_keys",
@@ -40,8 +45,13 @@ SCOPES = (*FEATURE_SCOPES, "admin")
 KEY_PREFIX = "errands_"
 # Enough of a key to recognise it in a listing, too little to help guess the rest.
 SHOWN_PREFIX_CHARS = len(KEY_PREFIX) + 6
+DOCS_ASSETS_PATH = "/docs/assets"
 PUBLIC_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    | {
+        f"{DOCS_ASSETS_PATH}/{name}"
+        for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+    }
 )
 # Bounds the memory the lookup cache can take, whatever keys clients send.
 MAX_CACHED_KEYS = 10_000
@@ -96,7 +106,15 @@ FIND_KEY = """
      WHERE key_hash = %(key_hash)s
 """
 
+# Held while deciding whether a bootstrap key is needed, so two processes cannot both make one.
+LOCK_KEYS = "LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE"
+
+ANY_KEY = """
+    SELECT EXISTS (SELECT 1 FROM api_keys) AS any_key
+"""
+
 Connection = psycopg.AsyncConnection[dict[str, Any]]
+BOOTSTRAP_KEY_NAME = "bootstrap"
 
 
 async def create_key(conn: Connection, name: str, scopes: Iterable[str]) -> tuple[ApiKey, str]:
@@ -121,6 +139,18 @@ async def create_key(conn: Connection, name: str, scopes: Iterable[str]) -> tupl
     row = await cursor.fetchone()
     assert row is not None
     return ApiKey(**row), secret
+
+
+async def create_bootstrap_key(conn: Connection) -> tuple[ApiKey, str] | None:
+    """An admin key for a database that has never had a key (revoked ones count), else None."""
+    async with conn.transaction():
+        await conn.execute(LOCK_KEYS)
+        cursor = await conn.execute(ANY_KEY)
+        row = await cursor.fetchone()
+        assert row is not None
+        if row["any_key"]:
+            return None
+        return await create_key(conn, BOOTSTRAP_KEY_NAME, ["admin"])
 
 
 async def revoke_key(conn: Connection, key_id: uuid.UUID) -> ApiKey | None:

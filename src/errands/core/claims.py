@@ -7,14 +7,24 @@ not finish; a database that is briefly unreachable is waited out. The feature's 
 row's work with its own SQL (setting `due_at` to NULL or to the next time) guarded by
 `lease_owner = owner`, so a worker that lost its lease writes nothing. Delivery is therefore
 at-least-once, with the row id as the idempotency key.
+
+No outside effect starts on a lapsed lease. Each row's handler runs with its `Lease` (see
+`current_lease()`), timed on this process's monotonic clock from just before the claim or renewal
+was sent, so it runs out here no later than in the database; it counts as lapsed a safety margin
+before that. The loop checks it before the handler starts, the guarded HTTP client checks it before
+every request, and a lapsed lease raises `LeaseLapsed`: the row is dropped unsent and the loop
+claims again. A worker paused past its leases (SIGSTOP, a frozen VM) thus wakes to send nothing it
+lost; the only window left is a pause longer than the margin between that check and the request.
 """
 
 import asyncio
+import contextvars
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +34,16 @@ from psycopg import sql
 
 from errands.core.db import Pool
 
-__all__ = ["ClaimQueue", "Row", "new_owner", "notify", "run_claim_loop"]
+__all__ = [
+    "ClaimQueue",
+    "Lease",
+    "LeaseLapsed",
+    "Row",
+    "current_lease",
+    "new_owner",
+    "notify",
+    "run_claim_loop",
+]
 
 Row = dict[str, Any]
 Handler = Callable[[Row], Awaitable[None]]
@@ -34,6 +53,10 @@ log = structlog.get_logger(__name__)
 # After a failed claim (the database restarting, a network blip): 0.5 s, 1 s, 2 s, 4 s, 5 s ...
 CLAIM_RETRY_BASE_S = 0.5
 CLAIM_RETRY_MAX_S = 5.0
+# Leases are renewed every third of their length and count as lapsed a quarter before they end,
+# so one failed renewal is survived and a second makes the worker stop starting work.
+RENEWALS_PER_LEASE = 3
+SAFETY_MARGIN_FRACTION = 0.25
 
 CLAIM_DUE = """
     UPDATE {table}
@@ -51,11 +74,14 @@ CLAIM_DUE = """
  RETURNING *
 """
 
+# A lease that ran out is not revived: the row may have been cancelled or claimed meanwhile.
 RENEW_LEASES = """
     UPDATE {table}
        SET lease_until = now() + %(lease)s
      WHERE id = ANY(%(ids)s)
        AND lease_owner = %(owner)s
+       AND lease_until > now()
+ RETURNING id
 """
 
 RELEASE_LEASES = """
@@ -82,6 +108,50 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+class LeaseLapsed(Exception):
+    """The lease on a row ran out (or nearly): whatever was about to happen for it must not."""
+
+
+@dataclass
+class Lease:
+    """A worker's hold on one row, as far as this process can vouch for it."""
+
+    row_id: uuid.UUID
+    owner: str
+    length_s: float
+    # time.monotonic() at which the database's lease may end: the claim or renewal was sent
+    # at or after `expires_at - length_s`, and the database added the length to its own now().
+    expires_at: float = field(default=0.0)
+
+    @property
+    def margin_s(self) -> float:
+        return self.length_s * SAFETY_MARGIN_FRACTION
+
+    def remaining_s(self) -> float:
+        return self.expires_at - time.monotonic()
+
+    def valid(self) -> bool:
+        return self.remaining_s() > self.margin_s
+
+    def check(self) -> None:
+        """Raise LeaseLapsed unless the lease holds for at least its safety margin more."""
+        if not self.valid():
+            raise LeaseLapsed(
+                f"lease on {self.row_id} has {self.remaining_s():.1f} s left, under the "
+                f"{self.margin_s:.1f} s safety margin"
+            )
+
+
+_current_lease: contextvars.ContextVar[Lease | None] = contextvars.ContextVar(
+    "current_lease", default=None
+)
+
+
+def current_lease() -> Lease | None:
+    """The lease of the row the running handler works on; None outside a claim loop's handler."""
+    return _current_lease.get()
+
+
 async def notify(conn: psycopg.AsyncConnection[Any], channel: str) -> None:
     """Wake the workers listening on `channel` (sent when the surrounding transaction commits)."""
     await conn.execute("SELECT pg_notify(%s, '')", (channel,))
@@ -101,6 +171,10 @@ class ClaimQueue:
     def _query(self, template: str) -> sql.Composed:
         return sql.SQL(template).format(table=sql.Identifier(self.table))
 
+    @property
+    def lease_s(self) -> float:
+        return self.lease.total_seconds()
+
     async def claim(self, pool: Pool, owner: str, limit: int) -> list[Row]:
         async with pool.connection() as conn:
             cursor = await conn.execute(
@@ -108,11 +182,13 @@ class ClaimQueue:
             )
             return await cursor.fetchall()
 
-    async def renew(self, pool: Pool, owner: str, ids: list[uuid.UUID]) -> None:
+    async def renew(self, pool: Pool, owner: str, ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        """Extend the leases `owner` still holds; return the ids renewed."""
         async with pool.connection() as conn:
-            await conn.execute(
+            cursor = await conn.execute(
                 self._query(RENEW_LEASES), {"owner": owner, "lease": self.lease, "ids": ids}
             )
+            return {row["id"] for row in await cursor.fetchall()}
 
     async def release(self, pool: Pool, owner: str, ids: list[uuid.UUID]) -> None:
         async with pool.connection() as conn:
@@ -158,17 +234,26 @@ async def run_claim_loop(
 ) -> None:
     """Claim due rows and run `handle` on each, at most `max_in_flight` at once, until `stop`.
 
+    Each handler runs with its row's lease as `current_lease()`; a row whose lease lapsed before or
+    during its handler (LeaseLapsed) is dropped, and the freed place is claimed again.
+
     A claim that fails for want of the database is tried again after a short back-off. On stop:
     claim nothing more, give running handlers `grace_s` to finish (their leases still renewed),
     then cancel the rest and release their leases so another worker takes them at once.
     """
     owner = owner or new_owner()
     wakeup = _Wakeup(url, queue.channel)
-    running: dict[asyncio.Task[None], uuid.UUID] = {}
+    running: dict[asyncio.Task[None], Lease] = {}
 
-    async def run_one(row: Row) -> None:
+    async def run_one(row: Row, lease: Lease) -> None:
+        _current_lease.set(lease)
         try:
+            lease.check()
             await handle(row)
+        except LeaseLapsed as lapsed:
+            log.info(
+                "lease_lapsed_row_dropped", table=queue.table, id=str(row["id"]), reason=str(lapsed)
+            )
         except Exception:
             # The row stays leased and is tried again when the lease runs out; the error is a
             # bug in the handler, logged with its traceback rather than swallowed.
@@ -176,14 +261,20 @@ async def run_claim_loop(
 
     async def renew_leases() -> None:
         while True:
-            await asyncio.sleep(queue.lease.total_seconds() / 3)
+            await asyncio.sleep(queue.lease_s / RENEWALS_PER_LEASE)
             if not running:
                 continue
+            leases = list(running.values())
+            sent_at = time.monotonic()
             try:
-                await queue.renew(pool, owner, list(running.values()))
+                renewed = await queue.renew(pool, owner, [lease.row_id for lease in leases])
             except psycopg.OperationalError as error:
                 # The leases last two more rounds: the next renewal may find the database back.
                 log.warning("lease_renewal_failed", table=queue.table, error=str(error))
+                continue
+            for lease in leases:
+                if lease.row_id in renewed:
+                    lease.expires_at = sent_at + queue.lease_s
 
     listener = asyncio.create_task(wakeup.listen(), name=f"listen:{queue.channel}")
     renewer = asyncio.create_task(renew_leases(), name=f"renew:{queue.table}")
@@ -196,6 +287,7 @@ async def run_claim_loop(
                 await _first_of([*running, stop.wait()])
                 continue
             limit = min(free, queue.batch_size)
+            claimed_at = time.monotonic()
             try:
                 rows = await queue.claim(pool, owner, limit)
             except psycopg.OperationalError as error:
@@ -206,8 +298,9 @@ async def run_claim_loop(
                 continue
             failed_claims = 0
             for row in rows:
-                task = asyncio.create_task(run_one(row), name=f"{queue.table}:{row['id']}")
-                running[task] = row["id"]
+                lease = Lease(row["id"], owner, queue.lease_s, claimed_at + queue.lease_s)
+                task = asyncio.create_task(run_one(row, lease), name=f"{queue.table}:{row['id']}")
+                running[task] = lease
                 task.add_done_callback(running.pop)
             if len(rows) < limit:
                 await _sleep_until_work(queue, pool, wakeup.event, stop)
@@ -257,7 +350,7 @@ async def _finish_or_release(
     queue: ClaimQueue,
     pool: Pool,
     owner: str,
-    running: dict[asyncio.Task[None], uuid.UUID],
+    running: dict[asyncio.Task[None], Lease],
     grace_s: float,
 ) -> None:
     if running:
@@ -269,7 +362,7 @@ async def _finish_or_release(
     if not unfinished:
         return
     try:
-        await queue.release(pool, owner, list(unfinished.values()))
+        await queue.release(pool, owner, [lease.row_id for lease in unfinished.values()])
     except psycopg.OperationalError as error:
         # Stopping still succeeds: the leases run out and another worker takes the rows then.
         log.warning(

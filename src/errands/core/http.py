@@ -1,6 +1,8 @@
 """The one outbound HTTP client: a shared aiohttp session that refuses private targets.
 
 Exceptions: OutboundError (kind says what failed) <- BlockedTarget ("blocked"), BodyTooLarge.
+Called from a claimed row's handler, a request is refused with claims.LeaseLapsed (not an
+OutboundError, so no handler takes it for a failed request) once that row's lease may have lapsed.
 """
 
 import contextlib
@@ -20,6 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from errands.config import Settings
+from errands.core.claims import current_lease
 
 __all__ = [
     "BlockedTarget",
@@ -463,6 +466,8 @@ class GuardedClient:
             if remaining_s <= 0:
                 raise OutboundError(f"{current.host} timed out", kind="timeout")
             timings = _Timings()
+            if (lease := current_lease()) is not None:
+                lease.check()  # for a claimed row: never send once its lease may have lapsed
             try:
                 response = await session.request(
                     method,

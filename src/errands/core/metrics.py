@@ -23,14 +23,14 @@ __all__ = [
     "CONVERSION_CHILD_PEAK_RSS",
     "CONVERSION_DURATION",
     "CONVERSION_QUEUE_DEPTH",
+    "DELIVERIES",
+    "DELIVERY_LATENESS",
     "HTTP_REQUESTS",
     "HTTP_REQUESTS_IN_PROGRESS",
     "HTTP_REQUEST_DURATION",
     "SINK_LAG",
     "SINK_ROWS",
-    "TIMERS_FIRED",
     "TIMERS_PENDING",
-    "TIMER_LATENESS",
     "TITLES_FETCHED",
     "record_request",
     "serve_metrics",
@@ -40,11 +40,16 @@ __all__ = [
 TITLES_FETCHED = Counter("errands_titles_fetched_total", "Title fetches by outcome.", ["outcome"])
 
 TIMERS_PENDING = Gauge("errands_timers_pending", "Timers not yet fired, as last counted.")
-TIMERS_FIRED = Counter("errands_timers_fired_total", "Webhook deliveries by outcome.", ["outcome"])
-TIMER_LATENESS = Histogram(
-    "errands_timer_lateness_seconds",
-    "Time from a timer's due time to its webhook being sent.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+DELIVERIES = Counter(
+    "errands_deliveries_total",
+    "Webhook delivery attempts by source (timer, monitor.alert ...) and outcome.",
+    ["source", "outcome"],
+)
+DELIVERY_LATENESS = Histogram(
+    "errands_delivery_lateness_seconds",
+    "Time from a delivery's due time to its first attempt being sent.",
+    ["source"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
 CONVERSION_QUEUE_DEPTH = Gauge(
@@ -73,6 +78,26 @@ SINK_LAG = Gauge(
     "errands_sink_lag_messages",
     "Check results published but not yet stored, per partition.",
     ["partition"],
+)
+BUS_PUBLISH_QUEUED = Gauge(
+    "errands_bus_publish_queued_messages",
+    "Check results waiting in this process for Kafka to acknowledge them.",
+)
+BUS_PUBLISH_FAILURES = Counter(
+    "errands_bus_publish_failures_total",
+    "Check results whose send to Kafka failed and is tried again.",
+)
+BUS_PUBLISH_DROPPED = Counter(
+    "errands_bus_publish_dropped_total",
+    "Check results dropped: the queue waiting for Kafka was full, or the process stopped.",
+)
+BUS_LAST_PUBLISH = Gauge(
+    "errands_bus_last_publish_timestamp_seconds",
+    "When Kafka last acknowledged check results from this process.",
+)
+BUS_LAST_CONSUME = Gauge(
+    "errands_bus_last_consume_timestamp_seconds",
+    "When this process last read from Kafka (messages, or the partitions' ends while idle).",
 )
 
 # HTTP, per route template ("/timer/{timer_id}", or "none" for paths no route serves, so that

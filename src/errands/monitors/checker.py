@@ -24,8 +24,6 @@ log = structlog.get_logger(__name__)
 
 # The regex runs on at most this much of the decoded page, under a time bound.
 MAX_REGEX_BODY_BYTES = 1024 * 1024
-# Long enough for any check (timeouts are at most 60 s); renewed while a check runs anyway.
-LEASE = timedelta(seconds=90)
 CLAIM_BATCH_SIZE = 500
 POLL_INTERVAL_S = 1.0
 RESCHEDULE_LINGER_S = 0.01
@@ -133,7 +131,7 @@ async def run_checker(resources: Resources, stop: asyncio.Event) -> None:
     queue = claims.ClaimQueue(
         table="monitors",
         channel=store.CHANNEL,
-        lease=LEASE,
+        lease=timedelta(seconds=settings.monitor_lease_s),
         batch_size=CLAIM_BATCH_SIZE,
         max_in_flight=settings.monitor_max_in_flight,
         poll_interval_s=POLL_INTERVAL_S,

@@ -91,12 +91,13 @@ async def run_sink(resources: Resources, stop: asyncio.Event) -> None:
     )
     async with aclosing(batches):
         async for batch in batches:
-            values = [message.value for message in batch.messages]
-            stored = await _store_or_stop(resources, values, known_days, stop)
-            if stored is None:
-                return
-            await batch.commit()
-            SINK_ROWS.inc(stored.stored)
+            if batch.messages:
+                values = [message.value for message in batch.messages]
+                stored = await _store_or_stop(resources, values, known_days, stop)
+                if stored is None:
+                    return
+                await batch.commit()
+                SINK_ROWS.inc(stored.stored)
             for partition, lag in batch.lag.items():
                 SINK_LAG.labels(partition=str(partition)).set(lag)
             if time.monotonic() >= next_housekeeping:

@@ -1,230 +1,317 @@
-"""The timers table: creating, reading and cancelling timers, and recording how firing went."""
+"""The timers table and its deliveries: a timer's webhook is the delivery with the timer's id."""
 
 import functools
 import uuid
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
-from errands.core import claims
+import psycopg
+
+from errands.core import delivery
 from errands.core.batching import Batcher
 from errands.core.db import Pool
+from errands.core.delivery import store as deliveries
 from errands.core.resources import Resources
 
 __all__ = [
-    "CHANNEL",
-    "FiredTimer",
+    "SOURCE",
+    "IdempotencyConflict",
+    "NewTimer",
+    "TimerStatus",
     "cancel_timer",
     "count_pending",
     "create_timer",
+    "create_timer_once",
     "expire_finished_timers",
+    "get_attempts",
     "get_timer",
-    "mark_failed",
-    "mark_fired",
-    "schedule_retry",
+    "list_timers",
+    "reschedule_timer",
+    "retry_timer",
 ]
 
-# Firers LISTEN here; creating a timer due sooner than their poll interval wakes them.
-CHANNEL = "errands_timers"
+SOURCE = "timer"
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
-# Ids are made here rather than by the database so a batch needs no RETURNING to match them up.
-CREATE_TIMERS = """
-    INSERT INTO timers (id, url, fire_at, due_at)
-    SELECT new.id, new.url, now() + new.delay_s * interval '1 second',
-           now() + new.delay_s * interval '1 second'
-      FROM unnest(%(ids)s::uuid[], %(urls)s::text[], %(delays_s)s::float8[])
-           AS new (id, url, delay_s)
+TimerStatus = Literal["pending", "fired", "failed", "cancelled"]
+# Users speak of fired timers; the delivery core of delivered deliveries.
+_DELIVERY_STATUS: dict[TimerStatus, deliveries.Status] = {
+    "pending": "pending",
+    "fired": "delivered",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+
+INSERT_TIMERS = """
+    INSERT INTO timers (id, url, fire_at)
+    SELECT new.id, new.url, new.fire_at
+      FROM unnest(%(ids)s::uuid[], %(urls)s::text[], %(fire_at)s::timestamptz[])
+           AS new (id, url, fire_at)
+"""
+
+DATABASE_NOW = "SELECT now() AS now"
+
+# A key older than the window is free again: the timer that had it lets go of it.
+RELEASE_STALE_KEY = """
+    UPDATE timers
+       SET idempotency_key = NULL
+     WHERE idempotency_key = %(key)s
+       AND created_at <= now() - %(window)s
+"""
+
+INSERT_KEYED_TIMER = """
+    INSERT INTO timers (id, url, fire_at, idempotency_key, request_digest)
+    VALUES (%(id)s, %(url)s, %(fire_at)s, %(key)s, %(digest)s)
+        ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+ RETURNING id
+"""
+
+KEYED_TIMER = """
+    SELECT id, request_digest
+      FROM timers
+     WHERE idempotency_key = %(key)s
 """
 
 # What users see of a timer. A pending timer whose lease is held is being sent right now.
 TIMER_VIEW = """
-    SELECT id,
-           url,
-           CASE WHEN status = 'pending' AND lease_until > now() THEN 'firing'
-                ELSE status
+    SELECT t.id,
+           t.url,
+           d.method,
+           CASE WHEN d.status = 'pending' AND d.lease_until > now() THEN 'firing'
+                WHEN d.status = 'delivered' THEN 'fired'
+                ELSE d.status
            END AS status,
-           CASE WHEN status = 'pending'
-                THEN greatest(0, ceil(extract(epoch FROM fire_at - now())))::bigint
+           CASE WHEN d.status = 'pending'
+                THEN greatest(0, ceil(extract(epoch FROM t.fire_at - now())))::bigint
                 ELSE 0
            END AS time_left,
-           fire_at,
-           attempts,
-           fired_at,
-           last_error,
-           created_at
-      FROM timers
+           t.fire_at,
+           d.attempts,
+           d.due_at AS next_attempt_at,
+           d.delivered_at AS fired_at,
+           d.last_status,
+           d.last_error,
+           t.created_at
+      FROM timers AS t
+      JOIN deliveries AS d ON d.id = t.id
 """
 
-GET_TIMER = TIMER_VIEW + " WHERE id = %(id)s"
+GET_TIMER = TIMER_VIEW + " WHERE t.id = %(id)s"
 
-# A timer being sent right now is left alone: its webhook may already be on the wire.
-CANCEL_TIMER = """
+LIST_TIMERS = (
+    TIMER_VIEW
+    + """
+     WHERE (%(status)s::text IS NULL OR d.status = %(status)s)
+       AND (%(after_created_at)s::timestamptz IS NULL
+            OR (t.created_at, t.id) < (%(after_created_at)s, %(after_id)s::uuid))
+     ORDER BY t.created_at DESC, t.id DESC
+     LIMIT %(limit)s
+"""
+)
+
+GET_ATTEMPTS = """
+    SELECT attempt, attempted_at, status_code, latency_ms, error
+      FROM delivery_attempts
+     WHERE delivery_id = %(id)s
+     ORDER BY attempt DESC
+"""
+
+MOVE_FIRE_AT = """
     UPDATE timers
-       SET status = 'cancelled',
-           due_at = NULL,
-           lease_owner = NULL,
-           lease_until = NULL
+       SET fire_at = %(fire_at)s
      WHERE id = %(id)s
-       AND status = 'pending'
-       AND (lease_until IS NULL OR lease_until < now())
 """
 
-MARK_FIRED = """
-    UPDATE timers
-       SET status = 'fired',
-           due_at = NULL,
-           fired_at = sent.sent_at,
-           attempts = timers.attempts + 1,
-           last_error = NULL,
-           lease_owner = NULL,
-           lease_until = NULL
-      FROM unnest(%(ids)s::uuid[], %(sent_at)s::timestamptz[]) AS sent (id, sent_at)
-     WHERE timers.id = sent.id
-       AND timers.lease_owner = %(owner)s
- RETURNING timers.id
-"""
-
-SCHEDULE_RETRY = """
-    UPDATE timers
-       SET due_at = now() + %(delay)s,
-           attempts = attempts + 1,
-           last_error = %(error)s,
-           lease_owner = NULL,
-           lease_until = NULL
-     WHERE id = %(id)s
-       AND lease_owner = %(owner)s
-"""
-
-MARK_FAILED = """
-    UPDATE timers
-       SET status = 'failed',
-           due_at = NULL,
-           attempts = attempts + 1,
-           last_error = %(error)s,
-           lease_owner = NULL,
-           lease_until = NULL
-     WHERE id = %(id)s
-       AND lease_owner = %(owner)s
-"""
-
-# Pending timers are exactly those with a due time, so this reads the small partial index.
 COUNT_PENDING = """
     SELECT count(*) AS pending
-      FROM timers
+      FROM deliveries
      WHERE due_at IS NOT NULL
+       AND source = 'timer'
 """
 
 
-@dataclass(frozen=True)
-class FiredTimer:
-    id: uuid.UUID
-    sent_at: datetime
+class IdempotencyConflict(Exception):
+    """An Idempotency-Key already used, within its window, for a different request."""
 
 
 @dataclass(frozen=True)
-class _NewTimer:
-    id: uuid.UUID
+class NewTimer:
+    """A timer as asked for: where, how, and after how many seconds."""
+
     url: str
     delay_s: int
-    wake_firers: bool
+    method: str
+    headers: dict[str, str]
+    body: bytes | None  # None: the default `{"id": "<timer id>"}`
+    id: uuid.UUID
 
 
-async def _insert_timers(pool: Pool, batch: list[_NewTimer]) -> list[None]:
-    params = {
-        "ids": [timer.id for timer in batch],
-        "urls": [timer.url for timer in batch],
-        "delays_s": [timer.delay_s for timer in batch],
-    }
+def _webhook(timer: NewTimer, fire_at: datetime) -> deliveries.NewDelivery:
+    body = timer.body if timer.body is not None else f'{{"id": "{timer.id}"}}'.encode()
+    return deliveries.NewDelivery(
+        url=timer.url,
+        body=body,
+        source=SOURCE,
+        method=timer.method,
+        headers={"Content-Type": "application/json", **timer.headers},
+        due_at=fire_at,
+        id=timer.id,
+    )
+
+
+async def _database_now(conn: psycopg.AsyncConnection[Any]) -> datetime:
+    """Due times use PostgreSQL's clock, whichever machine the API runs on."""
+    row = await (await conn.execute(DATABASE_NOW)).fetchone()
+    assert row is not None
+    now: datetime = row["now"]
+    return now
+
+
+async def _insert_timers(pool: Pool, wake_within_s: float, batch: list[NewTimer]) -> list[None]:
     async with pool.connection() as conn, conn.transaction():
-        await conn.execute(CREATE_TIMERS, params)
-        if any(timer.wake_firers for timer in batch):
-            await claims.notify(conn, CHANNEL)
+        now = await _database_now(conn)
+        fire_at = [now + timedelta(seconds=timer.delay_s) for timer in batch]
+        await conn.execute(
+            INSERT_TIMERS,
+            {
+                "ids": [timer.id for timer in batch],
+                "urls": [timer.url for timer in batch],
+                "fire_at": fire_at,
+            },
+        )
+        await delivery.enqueue_all(
+            conn,
+            [_webhook(timer, when) for timer, when in zip(batch, fire_at, strict=True)],
+            # NOTIFY serialises commits, so only batches with a timer due before the delivery
+            # loop's next poll send one.
+            wake=any(timer.delay_s <= wake_within_s for timer in batch),
+        )
     return [None] * len(batch)
 
 
 # One batcher per pool, so all of a process's requests share its INSERTs.
-_creators: "weakref.WeakKeyDictionary[Pool, Batcher[_NewTimer, None]]" = weakref.WeakKeyDictionary()
+_creators: "weakref.WeakKeyDictionary[Pool, Batcher[NewTimer, None]]" = weakref.WeakKeyDictionary()
 
 
-async def create_timer(pool: Pool, url: str, delay_s: int, *, wake_firers: bool) -> uuid.UUID:
-    """Insert a pending timer and return its id once the row is committed.
+async def create_timer(pool: Pool, timer: NewTimer, *, wake_within_s: float) -> None:
+    """Insert a pending timer and its delivery; return once both are committed.
 
-    Timers asked for while one INSERT runs go into the next (group commit). `wake_firers` sends
-    a NOTIFY with the batch, for timers due before the firers' next poll; other batches go
-    without, since NOTIFY serialises commits.
+    Timers asked for while one INSERT runs go into the next (group commit). A batch holding a
+    timer due within `wake_within_s` wakes the delivery loop.
     """
     creator = _creators.get(pool)
     if creator is None:
         creator = _creators[pool] = Batcher(
-            functools.partial(_insert_timers, pool), name="timers:create"
+            functools.partial(_insert_timers, pool, wake_within_s), name="timers:create"
         )
-    timer = _NewTimer(uuid.uuid4(), url, delay_s, wake_firers)
     await creator.submit(timer)
-    return timer.id
+
+
+async def create_timer_once(
+    pool: Pool, timer: NewTimer, *, key: str, digest: bytes, wake_within_s: float
+) -> tuple[uuid.UUID, bool]:
+    """Create the timer unless `key` was used within 24 h: return (timer id, created). The same
+    key with another request digest raises IdempotencyConflict."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute(RELEASE_STALE_KEY, {"key": key, "window": IDEMPOTENCY_WINDOW})
+        fire_at = await _database_now(conn) + timedelta(seconds=timer.delay_s)
+        cursor = await conn.execute(
+            INSERT_KEYED_TIMER,
+            {"id": timer.id, "url": timer.url, "fire_at": fire_at, "key": key, "digest": digest},
+        )
+        if await cursor.fetchone() is not None:
+            await delivery.enqueue_all(
+                conn, [_webhook(timer, fire_at)], wake=timer.delay_s <= wake_within_s
+            )
+            return timer.id, True
+        # Another request holds the key; ON CONFLICT waited for it to commit, so it is visible.
+        existing = await (await conn.execute(KEYED_TIMER, {"key": key})).fetchone()
+    assert existing is not None
+    if bytes(existing["request_digest"]) != digest:
+        raise IdempotencyConflict(key)
+    return existing["id"], False
 
 
 async def get_timer(pool: Pool, timer_id: uuid.UUID) -> dict[str, Any] | None:
     async with pool.connection() as conn:
-        cursor = await conn.execute(GET_TIMER, {"id": timer_id})
-        return await cursor.fetchone()
+        return await (await conn.execute(GET_TIMER, {"id": timer_id})).fetchone()
+
+
+async def list_timers(
+    pool: Pool, *, status: TimerStatus | None, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first, a page and the next page's cursor (None on the last). Raises
+    delivery.BadCursor for a cursor that did not come from here."""
+    after_created_at, after_id = deliveries.cursor_position(cursor) if cursor else (None, None)
+    params = {
+        "status": None if status is None else _DELIVERY_STATUS[status],
+        "after_created_at": after_created_at,
+        "after_id": after_id,
+        "limit": limit + 1,
+    }
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(LIST_TIMERS, params)).fetchall()
+    if len(rows) <= limit:
+        return rows, None
+    return rows[:limit], deliveries.page_cursor(rows[limit - 1])
+
+
+async def get_attempts(pool: Pool, timer_id: uuid.UUID) -> list[dict[str, Any]]:
+    async with pool.connection() as conn:
+        return await (await conn.execute(GET_ATTEMPTS, {"id": timer_id})).fetchall()
 
 
 async def cancel_timer(pool: Pool, timer_id: uuid.UUID) -> tuple[bool, dict[str, Any] | None]:
     """Cancel a pending timer; return whether this call cancelled it, and the timer as it is now
     (None when there is no such timer)."""
     async with pool.connection() as conn:
-        cursor = await conn.execute(CANCEL_TIMER, {"id": timer_id})
-        cancelled = cursor.rowcount == 1
-        cursor = await conn.execute(GET_TIMER, {"id": timer_id})
-        return cancelled, await cursor.fetchone()
+        cancelled = await deliveries.cancel(conn, timer_id)
+        return cancelled, await (await conn.execute(GET_TIMER, {"id": timer_id})).fetchone()
 
 
-async def mark_fired(pool: Pool, owner: str, fired: list[FiredTimer]) -> list[bool]:
-    """Record delivered webhooks in one statement; say of each whether `owner` still held it."""
-    params = {
-        "owner": owner,
-        "ids": [timer.id for timer in fired],
-        "sent_at": [timer.sent_at for timer in fired],
-    }
-    async with pool.connection() as conn:
-        cursor = await conn.execute(MARK_FIRED, params)
-        held = {row["id"] for row in await cursor.fetchall()}
-    return [timer.id in held for timer in fired]
+async def retry_timer(pool: Pool, timer_id: uuid.UUID) -> tuple[bool, dict[str, Any] | None]:
+    """Queue a failed timer's webhook again now; return whether it was failed, and the timer."""
+    async with pool.connection() as conn, conn.transaction():
+        requeued = await deliveries.requeue(conn, timer_id)
+        return requeued, await (await conn.execute(GET_TIMER, {"id": timer_id})).fetchone()
 
 
-async def schedule_retry(
-    pool: Pool, owner: str, timer_id: uuid.UUID, delay: timedelta, error: str
-) -> None:
-    async with pool.connection() as conn:
-        await conn.execute(
-            SCHEDULE_RETRY, {"owner": owner, "id": timer_id, "delay": delay, "error": error}
-        )
-
-
-async def mark_failed(pool: Pool, owner: str, timer_id: uuid.UUID, error: str) -> None:
-    async with pool.connection() as conn:
-        await conn.execute(MARK_FAILED, {"owner": owner, "id": timer_id, "error": error})
+async def reschedule_timer(
+    pool: Pool, timer_id: uuid.UUID, delay_s: int
+) -> tuple[bool, dict[str, Any] | None]:
+    """Move a pending timer nobody is sending to `delay_s` from now; return whether it moved,
+    and the timer."""
+    async with pool.connection() as conn, conn.transaction():
+        fire_at = await _database_now(conn) + timedelta(seconds=delay_s)
+        moved = await deliveries.reschedule(conn, timer_id, fire_at)
+        if moved:
+            await conn.execute(MOVE_FIRE_AT, {"id": timer_id, "fire_at": fire_at})
+        return moved, await (await conn.execute(GET_TIMER, {"id": timer_id})).fetchone()
 
 
 async def count_pending(pool: Pool) -> int:
     async with pool.connection() as conn:
-        cursor = await conn.execute(COUNT_PENDING)
-        row = await cursor.fetchone()
+        row = await (await conn.execute(COUNT_PENDING)).fetchone()
     return 0 if row is None else int(row["pending"])
 
 
-# Finished timers (fired, failed, cancelled) have no due time; each is kept for the retention
-# from when it fired, or was due.
+# A finished timer is one whose delivery is no longer pending; it goes with its delivery (and
+# that delivery's attempt log), kept for the retention from when it was sent, or was due.
 EXPIRE_FINISHED_TIMERS = """
-    DELETE FROM timers
-     WHERE id IN (
-           SELECT id
-             FROM timers
-            WHERE due_at IS NULL
-              AND coalesce(fired_at, fire_at) < now() - %(keep)s
-            LIMIT %(limit)s
-     )
+    WITH expired AS (
+        SELECT id
+          FROM deliveries
+         WHERE source = 'timer'
+           AND due_at IS NULL
+           AND coalesce(delivered_at, scheduled_at) < now() - %(keep)s
+         LIMIT %(limit)s
+    ),
+    timers_gone AS (
+        DELETE FROM timers WHERE id IN (SELECT id FROM expired)
+    )
+    DELETE FROM deliveries WHERE id IN (SELECT id FROM expired)
 """
 
 
