@@ -43,15 +43,24 @@ async def guarded_app(settings: Settings) -> AsyncIterator[RunningApp]:
         yield running
 
 
-def fuzz(schema: schemathesis.BaseSchema, base_url: str) -> list[str]:
-    """Run every operation in positive and negative mode; one line per operation that failed."""
+def fuzz(
+    schema: schemathesis.BaseSchema,
+    base_url: str,
+    *,
+    console: bool = False,
+    examples: int = EXAMPLES_PER_OPERATION,
+) -> list[str]:
+    """Run every operation in positive and negative mode; one line per operation that failed.
+    The console's HTML pages (tag `console`) are fuzzed on their own, by tests/console."""
     failures = []
     for result in schema.get_all_operations():
         operation = result.ok()
+        if ("console" in (operation.tags or [])) != console:
+            continue
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
 
             @hypothesis.settings(
-                max_examples=EXAMPLES_PER_OPERATION,
+                max_examples=examples,
                 deadline=None,
                 database=None,
                 derandomize=True,

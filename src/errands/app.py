@@ -19,6 +19,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict
 
 from errands.config import Settings
+from errands.console.access import mount_console
 from errands.conversions.api import router as conversions_router
 from errands.core.auth import DOCS_ASSETS_PATH, PUBLIC_PATHS, ApiKeyMiddleware
 from errands.core.errors import ErrandsError, ErrorDetail
@@ -30,6 +31,8 @@ from errands.core.timing import RequestTimingMiddleware
 from errands.core.validation import render_validation_error
 from errands.loops import run_loops
 from errands.monitors.api import router as monitors_router
+from errands.monitors.badges import router as badges_router
+from errands.monitors.channels import router as channels_router
 from errands.stats.api import router as stats_router
 from errands.stats.recorder import StatsRecorder, flush_stats_until
 from errands.timers.api import router as timers_router
@@ -101,9 +104,9 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
     app.add_exception_handler(psycopg.OperationalError, _render_database_unavailable)  # type: ignore[arg-type]
 
     async def healthz(request: Request) -> JSONResponse:
-        """The process is alive (HEAD answers the same without a body), and so is the embedded
-        PostgreSQL it runs: one that stops is started again, and until it is back this answers
-        503. Needs no API key."""
+        """The process is alive, and so is the embedded PostgreSQL it runs (which it restarts
+        when it stops; until it is back this answers 503). HEAD answers the same without a
+        body. Needs no API key."""
         embedded = request.app.state.resources.embedded
         if embedded is not None and not embedded.running:
             return JSONResponse({"status": "embedded database down"}, status_code=503)
@@ -121,7 +124,8 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
             responses={
                 200: {"content": {"application/json": {"example": {"status": "ok"}}}},
                 503: {
-                    "description": "The embedded PostgreSQL is down (being started again)",
+                    "model": Health,
+                    "description": "The embedded PostgreSQL this process runs is down",
                     "content": {
                         "application/json": {"example": {"status": "embedded database down"}}
                     },
@@ -172,8 +176,17 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
             return JSONResponse({"status": "kafka unreachable", "kafka": kafka}, status_code=503)
         return JSONResponse({"status": "ready", "kafka": kafka})
 
-    for router in (titles_router, stats_router, timers_router, conversions_router, monitors_router):
+    for router in (
+        titles_router,
+        stats_router,
+        timers_router,
+        conversions_router,
+        monitors_router,
+        channels_router,
+        badges_router,
+    ):
         app.include_router(router)
+    mount_console(app)
     return app
 
 

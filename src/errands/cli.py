@@ -36,6 +36,7 @@ from errands.core.logging import configure_logging
 from errands.core.metrics import serve_metrics
 from errands.core.resources import open_resources
 from errands.core.server import guarded_http_protocol
+from errands.core.storage import StorageUnavailable, open_storage
 from errands.loops import LOOPS, run_loops
 from errands.monitors.sync import SitesFileError, read_sites, sync_sites
 from errands.service_client import (
@@ -141,7 +142,23 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def _check_storage(settings: Settings) -> None:
+    """A bucket that is missing, out of reach or refuses the credentials ends the command with
+    one clear line, before anything starts."""
+
+    async def probe() -> None:
+        async with open_storage(settings):
+            pass
+
+    try:
+        asyncio.run(probe())
+    except StorageUnavailable as error:
+        typer.echo(f"errands: storage {settings.storage_url}: {error.detail}", err=True)
+        raise typer.Exit(2) from None
+
+
 def http_server(settings: Settings, loops: Sequence[str]) -> DrainingServer:
+    _check_storage(settings)
     application = create_app(settings, loops=loops)
     config = uvicorn.Config(
         application,
@@ -216,6 +233,7 @@ def worker(
 ) -> None:
     """Background loops without the HTTP API."""
     settings = _settings()
+    _check_storage(settings)
     kafka = settings.kafka_bootstrap_servers is not None
     uvloop.run(_run_until_signal(settings, worker_loops(only, kafka=kafka)))
 

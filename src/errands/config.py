@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     server_body_idle_timeout_s: float = Field(default=30.0, gt=0, le=600)  # between body bytes
     server_max_connections: int = Field(default=1000, ge=1)  # more are closed when accepted
 
+    # Console: how long a sign-in lasts, and how long the public status page is cached
+    console_session_s: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
+    status_cache_s: float = Field(default=30.0, ge=0, le=3600)
+
     # Conversions: upload limits, output size, and the child processes that convert
     upload_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)  # one request, all files
     upload_max_files: int = Field(default=50, ge=1)
@@ -129,8 +133,21 @@ class Settings(BaseSettings):
     max_pdf_pages: int = Field(default=500, ge=1)
     conversion_workers: int = Field(default=2, ge=1)  # child processes at once per supervisor
     conversion_child_memory_mb: int = Field(default=1024, ge=128)  # address-space limit
-    conversion_timeout_s: float = Field(default=300.0, gt=0)
+    conversion_timeout_s: float = Field(default=300.0, gt=0)  # one file, all its pages
+    conversion_page_timeout_s: float = Field(default=20.0, gt=0)  # one page (or one image)
     conversion_lease_s: float = Field(default=60.0, gt=0)
+    conversion_preview_width: int = Field(default=256, ge=16, le=1024)
+    # What one upload may produce in all; the file that would exceed it fails.
+    upload_max_output_pages: int = Field(default=1000, ge=1)
+    upload_max_output_pixels: int = Field(default=2_500_000_000, ge=1)
+    upload_max_output_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    upload_retention_days: int = Field(default=30, ge=1, le=36500)  # finished uploads, files too
+    conversion_storage_retry_s: float = Field(default=10.0, gt=0)  # storage out of reach
+
+    # Storage: unset is a folder under data_dir; s3://bucket/prefix a bucket (AWS_* variables)
+    storage_url: str | None = Field(default=None, pattern=r"^s3://[^/?#]+(/[^?#]*)?$")
+    storage_presign: bool = False  # GET /files answers 307 to a presigned URL of the bucket
+    storage_presign_ttl_s: int = Field(default=300, ge=1, le=7 * 24 * 3600)
 
 
 def decode_webhook_secrets(text: str) -> list[bytes]:

@@ -2,10 +2,12 @@
 
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable
+from datetime import timedelta
 from typing import Any
 
 import structlog
 
+from errands.conversions.store import expire_uploads
 from errands.conversions.supervisor import convert_uploaded_files
 from errands.core.delivery import deliver_webhooks
 from errands.core.delivery.store import expire_finished_deliveries
@@ -23,11 +25,19 @@ Loop = Callable[[Resources, asyncio.Event], Coroutine[Any, Any, None]]
 
 log = structlog.get_logger(__name__)
 
+
+async def expire_finished_uploads(resources: Resources, limit: int) -> int:
+    """Uploads expire in their own batches, with their stored files."""
+    retention = timedelta(days=resources.settings.upload_retention_days)
+    return await expire_uploads(resources.pool, resources.storage, retention)
+
+
 # Each feature's own expiry of what its retention settings let go, applied by the sweeper.
 EXPIRIES: dict[str, Expiry] = {
     "stats": expire_stats,
     "timers": expire_finished_timers,
     "deliveries": expire_finished_deliveries,
+    "uploads": expire_finished_uploads,
 }
 
 

@@ -11,7 +11,7 @@ from errands.config import Settings
 from errands.core.bus import Bus, open_bus
 from errands.core.db import EmbeddedPostgres, Pool, apply_migrations, open_pool
 from errands.core.http import GuardedClient
-from errands.core.storage import LocalStorage, Storage
+from errands.core.storage import Storage, open_storage
 
 __all__ = ["Resources", "get_resources", "open_resources"]
 
@@ -30,8 +30,9 @@ class Resources:
 
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
-    """Start or reach PostgreSQL, migrate it, and open the pool, the HTTP client and the bus.
-    An embedded PostgreSQL is watched while they are open, and started again if it stops."""
+    """Start or reach PostgreSQL, migrate it, and open the pool, the HTTP client, the bus and
+    the file storage. An embedded PostgreSQL is watched while they are open, and started again
+    if it stops."""
     embedded = None
     if settings.database_url:
         url = settings.database_url
@@ -55,7 +56,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         http = await stack.enter_async_context(GuardedClient.from_settings(settings))
         bus = await stack.enter_async_context(open_bus(settings))
-        storage = LocalStorage.under_data_dir(settings.data_dir)
+        storage = await stack.enter_async_context(open_storage(settings))
         yield Resources(
             settings=settings,
             database_url=url,
