@@ -37,8 +37,8 @@ def test_pick_refuses_unknown_names_and_an_empty_choice(text: str) -> None:
 @pytest.mark.parametrize(
     ("only", "kafka", "loops"),
     [
-        (None, True, ["deliveries", "timers", "monitors", "conversions"]),
-        (None, False, ["deliveries", "timers", "monitors", "conversions", "sink"]),
+        (None, True, ["deliveries", "timers", "monitors", "conversions", "sweeper"]),
+        (None, False, ["deliveries", "timers", "monitors", "conversions", "sweeper", "sink"]),
         ("monitors", True, ["monitors"]),
         ("monitors", False, ["monitors", "sink"]),
         ("timers", False, ["timers", "deliveries"]),

@@ -3,6 +3,7 @@
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 
 import hypothesis
@@ -204,7 +205,8 @@ async def test_a_body_that_is_not_utf8_gets_a_4xx_on_every_json_route(
         (b'{"url": "http://example.com/\\u0000", "domains": ["a\\u0000.com"]}', "NUL"),
         (b'{"url": "http://example.com/\\ud800", "domains": ["\\udc00.com"]}', "surrogates"),
         (b'{"\\ud800": 1}', "surrogates"),
-        (b'{"interval_s": 1e400, "hours": 1e400, "domains": [1e400]}', "Input should be"),
+        # A route without these fields refuses them as unknown, its reply valid JSON all the same.
+        (b'{"interval_s": 1e400, "hours": 1e400, "domains": [1e400]}', "Input should be|unknown"),
     ],
 )
 async def test_json_the_database_cannot_store_gets_422_on_every_json_route(
@@ -220,7 +222,7 @@ async def test_json_the_database_cannot_store_gets_422_on_every_json_route(
 
         assert response.status_code in (404, 422), (method, path, body, response.text)
         if response.status_code == 422:
-            assert complaint in response.text, (method, path, response.text)
+            assert re.search(complaint, response.text), (method, path, response.text)
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,7 @@ class Settings(BaseSettings):
 
     # Stats
     stats_flush_interval_s: float = Field(default=5.0, gt=0, le=60)
+    stats_retention_days: int = Field(default=400, ge=1, le=36500)
 
     # Monitors: checker, sink and retention of check results
     monitor_default_timeout_s: float = Field(default=10.0, gt=0, le=60)
@@ -76,6 +77,7 @@ class Settings(BaseSettings):
     # Timers
     timer_max_total_s: int = Field(default=365 * 24 * 3600, ge=1)
     schedule_lease_s: float = Field(default=10.0, gt=0)  # queueing one occurrence: a transaction
+    timer_retention_days: int = Field(default=30, ge=1, le=36500)  # finished timers
 
     # Webhook deliveries (every webhook Errands sends: timers, alerts, callbacks)
     webhook_secret: str | None = None  # space-separated whsec_<base64> secrets: sign with each
@@ -92,6 +94,10 @@ class Settings(BaseSettings):
     delivery_poll_interval_s: float = Field(default=1.0, gt=0)
     # Deliveries are claimed this long before they are due and sent on time from memory.
     delivery_lookahead_s: float = Field(default=0.25, ge=0, le=5)
+    delivery_retention_days: int = Field(default=30, ge=1, le=36500)  # finished, not timers'
+
+    # Lifecycle: the sweeper applies each feature's retention this often
+    sweep_interval_s: float = Field(default=300.0, gt=0, le=86400)
 
     @field_validator("webhook_secret")
     @classmethod
