@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEPENDS := $(BIN)/python pyproject.toml constraints.txt
 
-.PHONY: run test lint bench format clean image image-test
+.PHONY: run test lint bench format clean image image-test stack-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,10 @@ $(VENV)/.installed-bench: $(DEPENDS)
 run: $(VENV)/.installed-service
 	$(BIN)/errands serve
 
+# The console's browser tests drive Debian's headless Chromium.
 test: $(VENV)/.installed-dev
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; }
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-dev
@@ -42,6 +45,10 @@ image:
 
 image-test:
 	deploy/scripts/image-test.sh
+
+# The stack's checks are tests/test_stack.py, run with the dev tools.
+stack-test: $(VENV)/.installed-dev
+	deploy/scripts/stack-test.sh
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix src tests bench

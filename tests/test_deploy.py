@@ -1,5 +1,6 @@
-"""The deployment files, checked as far as this machine allows without running containers:
-they parse, they refer to each other consistently, and the dashboard charts metrics that exist.
+"""The deployment files, checked without running containers: they parse, they refer to each
+other consistently, and the dashboard charts metrics that exist. `make image-test` and
+`make stack-test` run them (tests/test_stack.py).
 """
 
 import json
@@ -20,8 +21,8 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 ROLES = {"api-1", "api-2", "worker", "sink", "migrate"}
 
 
-def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+def compose(path: str = "compose.yaml") -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((DEPLOY / path).read_text())
     return loaded
 
 
@@ -56,12 +57,34 @@ def test_compose_references_resolve() -> None:
                 assert source in document["volumes"], f"{name} mounts undeclared {source}"
 
 
-def test_compose_sets_only_settings_that_exist() -> None:
+@pytest.mark.parametrize("path", ["compose.yaml", "test/compose.yaml"])
+def test_compose_sets_only_settings_that_exist(path: str) -> None:
     known = {f"ERRANDS_{name.upper()}" for name in Settings.model_fields}
-    for name, service in compose()["services"].items():
+    for name, service in compose(path)["services"].items():
         for variable in service.get("environment", {}):
             if variable.startswith("ERRANDS_"):
                 assert variable in known, f"{name} sets unknown {variable}"
+
+
+def test_the_stack_is_secure_by_default() -> None:
+    services = compose()["services"]
+
+    for name in ROLES:
+        assert services[name]["environment"]["ERRANDS_API_KEYS_ENABLED"] == "true", name
+        assert services[name]["read_only"] is True, name
+    assert services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
+    assert "admin" not in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert (
+        "http-request deny deny_status 404 if { path /metrics }"
+        in (DEPLOY / "haproxy.cfg").read_text()
+    )
+
+
+def test_the_test_override_changes_only_services_compose_defines() -> None:
+    overridden = compose("test/compose.yaml")["services"]
+
+    assert set(overridden) <= set(compose()["services"])
+    assert all(service["network_mode"] == "host" for service in overridden.values())
 
 
 def test_prometheus_scrapes_every_process_where_it_serves_metrics() -> None:
@@ -86,7 +109,7 @@ def test_the_load_balancer_routes_on_readiness_to_both_api_processes() -> None:
     config = (DEPLOY / "haproxy.cfg").read_text()
 
     assert "option httpchk GET /readyz" in config
-    servers = re.findall(r"^\s*server (\S+) (\S+):8000", config, re.MULTILINE)
+    servers = re.findall(r'^\s*server (\S+) "\$\{\w+-(\S+):8000\}"', config, re.MULTILINE)
     assert servers == [("api-1", "api-1"), ("api-2", "api-2")]
 
 

@@ -166,3 +166,66 @@ build_image() {
         | DOCKER_BUILDKIT=0 "$DOCKER" build --quiet --network host -f "$dockerfile" \
             "${args[@]}" -t "$tag" - > /dev/null
 }
+
+# The compose stack of deploy/compose.yaml with the host-network test override
+# (deploy/test/compose.yaml): stand-in images, every port on 127.0.0.1.
+STACK_PROJECT=errands-stack-test
+STACK_SERVICES=(postgres kafka migrate api-1 api-2 worker sink lb prometheus)
+STACK_PORTS=(18400 18401 18402 18405 18411 18412 18432 18490 18492)
+LB=http://127.0.0.1:18400
+# Grafana is not started (it has no stand-in), but compose reads its settings all the same.
+export GRAFANA_ADMIN_PASSWORD=${GRAFANA_ADMIN_PASSWORD:-not-started}
+
+STACK_FILE=$STATE/stack.yaml
+COMPOSE=(docker-compose --ansi never -p "$STACK_PROJECT" -f "$STACK_FILE")
+
+# Docker refuses published ports with host networking, and an override cannot remove the ports
+# compose.yaml lists: the stack runs from the two files merged, without them.
+write_stack_file() {
+    docker-compose -f "$REPO/deploy/compose.yaml" -f "$REPO/deploy/test/compose.yaml" config \
+        | "$REPO/.venv/bin/python" -c '
+import sys, yaml
+merged = yaml.safe_load(sys.stdin)
+for service in merged["services"].values():
+    service.pop("ports", None)
+yaml.safe_dump(merged, sys.stdout)' > "$STACK_FILE"
+}
+
+port_is_free() { ! (: < "/dev/tcp/127.0.0.1/$1") 2> /dev/null; }
+
+build_stack_images() {
+    build_image "$IMAGE" deploy/Dockerfile
+    local standin
+    for standin in postgres tansu haproxy prometheus; do
+        build_image "errands-test/$standin" deploy/test/Dockerfile "$standin"
+    done
+}
+
+stop_stack() {
+    ((status == 0)) || { "${COMPOSE[@]}" ps; "${COMPOSE[@]}" logs --no-color --tail 20; } >&2 || true
+    timeout 120 "${COMPOSE[@]}" down -v --remove-orphans -t 30 > /dev/null 2>&1
+}
+
+# start_stack: every service up and healthy; BOOTSTRAP_KEY is the key made at first start.
+start_stack() {
+    local port
+    for port in "${STACK_PORTS[@]}"; do
+        port_is_free "$port" || fail "127.0.0.1:$port is in use; the test stack needs it"
+    done
+    write_stack_file
+    "${COMPOSE[@]}" down -v --remove-orphans > /dev/null 2>&1 || true
+    on_exit stop_stack
+    say "starting the stack: ${STACK_SERVICES[*]}"
+    timeout 300 "${COMPOSE[@]}" up -d --no-build "${STACK_SERVICES[@]}" > "$STATE/compose-up.log" 2>&1 \
+        || { tail -n 20 "$STATE/compose-up.log" >&2; fail "docker-compose up"; }
+    local service
+    for service in api-1 api-2 worker sink; do
+        wait_until 120 "$service healthy" is_healthy "$service"
+    done
+    wait_until 30 "the load balancer ready" curl -sf --max-time 2 "$LB/readyz"
+    BOOTSTRAP_KEY=$("${COMPOSE[@]}" logs --no-color migrate | grep -o 'errands_[A-Za-z0-9_-]*' | head -n 1)
+    [[ -n $BOOTSTRAP_KEY ]] || fail "migrate printed no bootstrap key"
+}
+
+container_of() { "${COMPOSE[@]}" ps -q "$1"; }
+is_healthy() { [[ $("$DOCKER" inspect -f '{{.State.Health.Status}}' "$(container_of "$1")") == healthy ]]; }

@@ -1,9 +1,12 @@
 """Migrations under the advisory lock, and the embedded PostgreSQL keeping its data."""
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +15,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from errands.core.db import migration_files
+from errands.config import Settings
+from errands.core.db import migration_files, open_pool
+from tests.fixtures.app import serve_app
 
 
 @pytest.fixture
@@ -83,3 +88,57 @@ def test_the_embedded_database_keeps_its_data_across_restarts(tmp_path: Path) ->
 
     assert one_run() == 1
     assert one_run() == 2, "the second start found the first start's row"
+
+
+async def backend_pids(database_url: str) -> list[int]:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return [row[0] for row in await cursor.fetchall()]
+
+
+async def test_a_request_to_a_frozen_database_gets_a_503_within_the_deadline(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database_url=database_url,
+        data_dir=tmp_path,
+        db_pool_max=1,
+        db_statement_timeout_s=1.0,
+    )
+    async with serve_app(settings) as running:
+        created = await running.client.post("/timer", json={"hours": 1, "url": "http://a.test/"})
+        timer_url = f"/timer/{created.json()['id']}"
+        assert (await running.client.get(timer_url)).status_code == 200
+        frozen = await backend_pids(database_url)
+        assert frozen, "the pool holds a connection"
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            answer = await running.client.get(timer_url)
+            waited_s = time.monotonic() - started
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        assert answer.status_code == 503, answer.text
+        assert answer.json() == {"detail": "the database is unavailable; try again shortly"}
+        assert answer.headers["retry-after"]
+        # The deadline, plus at most the few seconds the driver gives a cancel that cannot land.
+        assert waited_s < 1.0 + 8.0
+        # The same process serves again: the stuck connection was dropped, not reused.
+        assert (await running.client.get(timer_url)).status_code == 200
+
+
+async def test_a_statement_that_runs_past_the_deadline_is_stopped_by_the_server(
+    database_url: str,
+) -> None:
+    async with open_pool(database_url, max_size=1, deadline_s=0.5) as pool:
+        with pytest.raises(psycopg.OperationalError):
+            async with pool.connection() as conn:
+                await conn.execute("SELECT pg_sleep(30)")
+        async with pool.connection() as conn:
+            cursor = await conn.execute("SHOW statement_timeout")
+            assert await cursor.fetchone() == {"statement_timeout": "500ms"}
