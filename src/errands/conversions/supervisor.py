@@ -327,18 +327,21 @@ class TimeBudgetExceeded(Exception):
 
 
 async def _follow_pages(stdout: asyncio.StreamReader, settings: Settings, kind: str) -> bytes:
-    """Read the child's progress lines, holding each page and the file to their budgets;
-    return its last line (the result), or b"" if it ended without one."""
+    """Read the child's progress lines, holding each page (from its announcement on) and the
+    whole file (from the start, the child's start-up included) to their budgets; return its
+    last line (the result), or b"" if it ended without one."""
     loop = asyncio.get_running_loop()
     file_deadline = loop.time() + settings.conversion_timeout_s
-    page = 1
+    page: int | None = None
     while True:
-        page_deadline = loop.time() + settings.conversion_page_timeout_s
+        deadline = file_deadline
+        if page is not None:
+            deadline = min(deadline, loop.time() + settings.conversion_page_timeout_s)
         try:
-            async with asyncio.timeout_at(min(page_deadline, file_deadline)):
+            async with asyncio.timeout_at(deadline):
                 line = await stdout.readline()
         except TimeoutError:
-            if loop.time() >= file_deadline:
+            if page is None or loop.time() >= file_deadline:
                 raise TimeBudgetExceeded(
                     f"conversion took longer than {settings.conversion_timeout_s:g} s"
                 ) from None
