@@ -89,6 +89,8 @@ async def test_the_overview_is_given_each_areas_counts(resources: Resources) -> 
     assert page.monitor_states == {"up": 0, "down": 0, "pending": 1}
     assert (page.timers_pending, page.files_waiting) == (0, 0)
     assert page.busiest_routes == []
+    assert page.deliveries == {"pending": 0, "delivered": 0, "failed": 0, "cancelled": 0}
+    assert page.failed_deliveries == []
     narrow = Viewer(key_name="ci", scopes=frozenset({"timers"}))
     limited = await pages.build_overview(_request(resources), resources, narrow)
     assert (limited.monitor_states, limited.files_waiting, limited.busiest_routes) == (
@@ -97,6 +99,7 @@ async def test_the_overview_is_given_each_areas_counts(resources: Resources) -> 
         None,
     )
     assert limited.timers_pending == 0
+    assert (limited.deliveries, limited.failed_deliveries) == (None, None)
 
 
 def _request(resources: Resources) -> Request:
@@ -322,6 +325,8 @@ async def test_timers_are_listed_by_status_with_their_attempts_and_a_failed_one_
         everything = await api.get("/console/timers")
         assert failing in everything.text and later in everything.text
         assert "Timers (1 pending)" in everything.text
+        overview = await api.get("/")
+        assert f'href="/console/timers/{failing}"' in overview.text, "listed as a failed webhook"
         detail = await api.get(f"/console/timers/{failing}")
         assert "410" in detail.text and "Retry now" in detail.text
         assert "Cancel timer" not in detail.text

@@ -23,6 +23,7 @@ from errands.console.session import PageError, Viewer, checked_form, current_vie
 from errands.console.templating import render
 from errands.conversions import api as conversions_api
 from errands.conversions import store as conversions_store
+from errands.core import delivery
 from errands.core.delivery import BadCursor
 from errands.core.errors import ErrandsError
 from errands.core.resources import Resources, get_resources
@@ -92,14 +93,31 @@ class RouteLine:
 
 
 @dataclass(frozen=True)
+class FailedDelivery:
+    id: uuid.UUID
+    source: str
+    method: str
+    url: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class OverviewPage:
-    """Each area's counts and health; an area the viewer's key cannot read is None."""
+    """Each area's counts and health; an area the viewer's key cannot read is None. Webhook
+    deliveries serve every feature, so they need an `admin` key."""
 
     title: str
     monitor_states: dict[str, int] | None
     timers_pending: int | None
     files_waiting: int | None
     busiest_routes: list[RouteLine] | None
+    deliveries: dict[str, int] | None
+    failed_deliveries: list[FailedDelivery] | None
+
+
+FAILED_DELIVERIES_SHOWN = 5
 
 
 async def build_overview(request: Request, resources: Resources, viewer: Viewer) -> OverviewPage:
@@ -113,6 +131,16 @@ async def build_overview(request: Request, resources: Resources, viewer: Viewer)
             RouteLine(line.method, line.route, line.count, line.p95_ms, line.errors)
             for line in busiest
         ]
+    deliveries = failed = None
+    if viewer.allows("admin"):
+        deliveries = await delivery.count_by_status(pool)
+        rows, _ = await delivery.list_deliveries(
+            pool, status="failed", limit=FAILED_DELIVERIES_SHOWN
+        )
+        failed = [
+            FailedDelivery(**{name: row[name] for name in FailedDelivery.__dataclass_fields__})
+            for row in rows
+        ]
     down = states["down"] if states else 0
     return OverviewPage(
         title=f"Overview ({down} down)" if down else "Overview",
@@ -124,6 +152,8 @@ async def build_overview(request: Request, resources: Resources, viewer: Viewer)
             await conversions_store.count_waiting(pool) if viewer.allows("conversions") else None
         ),
         busiest_routes=routes,
+        deliveries=deliveries,
+        failed_deliveries=failed,
     )
 
 
@@ -132,7 +162,8 @@ async def build_overview(request: Request, resources: Resources, viewer: Viewer)
 )
 async def overview(request: Request, resources: ResourcesDep, viewer: ViewerDep) -> HTMLResponse:
     """Each feature's counts and health at a glance: monitors up and down, timers pending,
-    files waiting to be converted, and the busiest routes of the last hour."""
+    files waiting to be converted, webhook deliveries and the last that failed, and the
+    busiest routes of the last hour."""
     page = await build_overview(request, resources, viewer)
     return await render(
         request, resources, "overview.html", viewer=viewer, section="overview", page=page
