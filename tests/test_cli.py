@@ -1,8 +1,15 @@
-"""The `errands` command: choosing loops and scopes, and roles that cannot run as configured."""
+"""The `errands` command: choosing loops and scopes, roles that cannot run as configured, and
+the commands that call a running service, run for real against one."""
 
+import asyncio
+import json
 import os
+import re
 import subprocess
 import sys
+import uuid
+from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -10,6 +17,8 @@ import typer
 
 from errands.cli import http_server, pick, worker_loops
 from errands.config import Settings
+from tests.conversions import samples
+from tests.fixtures.app import RunningApp, free_port, serve_app
 
 
 def test_pick_keeps_each_name_once_in_the_order_given() -> None:
@@ -69,3 +78,148 @@ def test_requests_in_flight_get_at_least_the_grace_period(grace_s: float, whole_
     server = http_server(Settings(shutdown_grace_s=grace_s), loops=())
 
     assert server.config.timeout_graceful_shutdown == whole_s
+
+
+# --- the real `errands` command against a running service -----------------------------------
+
+ERRANDS = str(Path(sys.executable).parent / "errands")
+
+
+def _environment(**settings: str) -> dict[str, str]:
+    kept = {name: value for name, value in os.environ.items() if not name.startswith("ERRANDS_")}
+    return {**kept, **settings}
+
+
+@dataclass
+class Ran:
+    code: int
+    stdout: str
+    stderr: str
+
+
+async def errands(*arguments: str, **settings: str) -> Ran:
+    """Run `errands ARGUMENTS` without blocking the event loop the test's service runs on."""
+    process = await asyncio.create_subprocess_exec(
+        ERRANDS,
+        *arguments,
+        env=_environment(**settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 90)
+    assert process.returncode is not None
+    return Ran(process.returncode, stdout.decode(), stderr.decode())
+
+
+async def test_version_is_the_package_version() -> None:
+    ran = await errands("--version")
+    assert (ran.code, ran.stdout) == (0, f"errands {version('errands')}\n")
+
+
+async def test_keys_against_an_unreachable_database_print_one_line(tmp_path: Path) -> None:
+    ran = await errands(
+        "keys",
+        "list",
+        ERRANDS_DATABASE_URL=f"postgresql://errands@127.0.0.1:{free_port()}/errands",
+        ERRANDS_DATA_DIR=str(tmp_path),
+    )
+    assert ran.code == 3
+    assert ran.stderr.count("\n") == 1
+    assert ran.stderr.startswith("errands: cannot reach the database: ")
+
+
+async def test_a_service_out_of_reach_is_one_line_and_exit_3() -> None:
+    ran = await errands(
+        "timers", "get", str(uuid.uuid4()), ERRANDS_API_URL=f"http://127.0.0.1:{free_port()}"
+    )
+    assert ran.code == 3
+    assert ran.stderr.count("\n") == 1
+    assert "cannot reach the service at http://127.0.0.1:" in ran.stderr
+
+
+async def test_timers_create_get_and_cancel(app: RunningApp) -> None:
+    service = {"ERRANDS_API_URL": app.base_url}
+
+    created = await errands(
+        "timers", "create", "https://example.com/hook", "--minutes", "5", "--json", **service
+    )
+    timer = json.loads(created.stdout)
+    shown = await errands("timers", "get", timer["id"], **service)
+    cancelled = await errands("timers", "cancel", timer["id"], **service)
+    again = await errands("timers", "cancel", timer["id"], "--json", **service)
+
+    assert (created.code, timer["time_left"]) == (0, 300)
+    assert shown.code == 0
+    assert re.search(r"^status\s+pending$", shown.stdout, flags=re.MULTILINE)
+    assert re.search(r"^url\s+https://example.com/hook$", shown.stdout, flags=re.MULTILINE)
+    assert (cancelled.code, cancelled.stdout) == (0, f"timer {timer['id']} cancelled\n")
+    assert (again.code, again.stdout) == (1, "")
+    assert again.stderr == f"errands: timer {timer['id']} is already cancelled\n"
+
+
+async def test_a_refused_request_prints_the_services_message(app: RunningApp) -> None:
+    missing = uuid.uuid4()
+    not_found = await errands("timers", "get", str(missing), ERRANDS_API_URL=app.base_url)
+    bad_url = await errands("timers", "create", "ftp://example.com", ERRANDS_API_URL=app.base_url)
+    not_an_id = await errands("timers", "get", "nope", ERRANDS_API_URL=app.base_url)
+
+    assert (not_found.code, not_found.stderr) == (1, f"errands: no timer with id {missing}\n")
+    assert bad_url.code == 1
+    assert bad_url.stderr == "errands: url must be an http:// or https:// URL with a host\n"
+    assert not_an_id.code == 2
+
+
+async def test_uploads_add_wait_and_get(settings: Settings, tmp_path: Path) -> None:
+    picture = tmp_path / "picture.png"
+    picture.write_bytes(samples.png(640, 480))
+    async with serve_app(settings, loops=["conversions"]) as running:
+        service = {"ERRANDS_API_URL": running.base_url}
+        added = await errands("uploads", "add", str(picture), "--json", **service)
+        upload_id = json.loads(added.stdout)["id"]
+        waited = await errands("uploads", "wait", upload_id, "--json", **service)
+        shown = await errands("uploads", "get", upload_id, **service)
+        missing_file = await errands("uploads", "add", str(tmp_path / "nope.png"), **service)
+
+    upload = json.loads(waited.stdout)
+    assert (added.code, waited.code, shown.code) == (0, 0, 0)
+    assert upload["status"] == "done"
+    assert [(image["width"], image["height"]) for image in upload["files"][0]["images"]] == [
+        (640, 480)
+    ]
+    assert f"upload {upload_id}: done" in shown.stdout
+    assert "picture.png" in shown.stdout and "(640x480)" in shown.stdout
+    assert missing_file.code == 2
+    assert missing_file.stderr.count("\n") == 1
+
+
+async def test_uploads_wait_exits_1_when_a_file_failed(settings: Settings, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(samples.png(64, 64)[:60])  # a PNG cut short
+    async with serve_app(settings, loops=["conversions"]) as running:
+        service = {"ERRANDS_API_URL": running.base_url}
+        added = await errands("uploads", "add", str(broken), "--json", **service)
+        waited = await errands("uploads", "wait", json.loads(added.stdout)["id"], **service)
+
+    assert waited.code == 1
+    assert "failed" in waited.stdout
+    assert waited.stderr.endswith(" failed\n")
+
+
+async def test_monitors_list_get_and_delete(app: RunningApp) -> None:
+    service = {"ERRANDS_API_URL": app.base_url}
+    made = await app.client.post(
+        "/monitors", json={"url": "https://example.com/", "interval_s": 60}
+    )
+    monitor_id = made.json()["id"]
+
+    listed = await errands("monitors", "list", "--json", **service)
+    table = await errands("monitors", "list", **service)
+    shown = await errands("monitors", "get", monitor_id, **service)
+    deleted = await errands("monitors", "delete", monitor_id, **service)
+    gone = await errands("monitors", "get", monitor_id, **service)
+
+    assert [monitor["id"] for monitor in json.loads(listed.stdout)] == [monitor_id]
+    assert monitor_id in table.stdout and "https://example.com/" in table.stdout
+    assert re.search(r"^interval_s\s+60$", shown.stdout, flags=re.MULTILINE)
+    assert (deleted.code, deleted.stdout) == (0, f"monitor {monitor_id} deleted\n")
+    assert gone.code == 1

@@ -18,13 +18,23 @@ from tests.fixtures.app import serve_app
 from tests.fixtures.targets import TargetServer
 
 
-def monitor(url: str, *, regex: str | None = None, method: str = "GET", timeout_s: float = 5):
+def monitor(
+    url: str,
+    *,
+    regex: str | None = None,
+    method: str = "GET",
+    timeout_s: float = 5,
+    expected_status: str = "200-399",
+    regex_mode: str = "must_match",
+) -> dict[str, Any]:
     return {
         "id": uuid.uuid4(),
         "url": url,
         "method": method,
         "regex": regex,
         "timeout_s": timeout_s,
+        "expected_status": expected_status,
+        "regex_mode": regex_mode,
     }
 
 

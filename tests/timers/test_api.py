@@ -1,6 +1,8 @@
 """The timer API as a client sees it: the Sendcloud contract, validation and cancelling."""
 
 import asyncio
+import json
+import time
 import uuid
 from typing import Any
 
@@ -10,6 +12,7 @@ import pytest
 from errands.config import Settings
 from errands.core.db import Pool
 from tests.fixtures.app import serve_app
+from tests.fixtures.targets import TargetServer
 
 HOOK = "https://example.com/hook"
 
@@ -213,12 +216,12 @@ async def test_concurrent_creations_each_get_their_own_committed_timer(
 @pytest.mark.parametrize(
     ("body", "complaint"),
     [
-        (b"1e400", "inf"),
-        (b'{"hours": 1e400, "url": "https://example.com"}', "inf"),
-        (b'{"url": Infinity}', "inf"),
+        (b"1e400", "the body must be a JSON object"),
+        (b'{"hours": 1e400, "url": "https://example.com"}', "hours: Input should be a valid"),
+        (b'{"url": Infinity}', "url: Input should be a valid string"),
         # JSON may escape half a surrogate pair, which no database text column can hold.
-        (b'{"url": "https://example.com/\\ud800"}', "body.url must not contain unpaired"),
-        (b'{"\\ud800": 1}', "a key in body must not contain unpaired"),
+        (b'{"url": "https://example.com/\\ud800"}', "url must not contain unpaired"),
+        (b'{"\\ud800": 1}', "a key in the body must not contain unpaired"),
     ],
 )
 async def test_json_python_cannot_echo_or_store_is_a_422_not_a_500(
@@ -228,3 +231,190 @@ async def test_json_python_cannot_echo_or_store_is_a_422_not_a_500(
     assert response.status_code == 422
     assert complaint in response.text
     assert await timer_rows(pool) == 0
+
+
+async def test_an_unknown_field_is_a_422_naming_it_not_a_timer_due_now(
+    api: httpx.AsyncClient, pool: Pool
+) -> None:
+    response = await api.post("/timer", json={"minute": 5, "url": HOOK})
+
+    assert response.status_code == 422
+    [problem] = response.json()["detail"]
+    assert problem["loc"] == ["body", "minute"]
+    assert await timer_rows(pool) == 0
+
+
+async def test_the_same_idempotency_key_and_body_return_the_same_timer(
+    api: httpx.AsyncClient, pool: Pool
+) -> None:
+    key = {"Idempotency-Key": "order-2041"}
+    first = await api.post("/timer", json={"minutes": 5, "url": HOOK}, headers=key)
+    again = await api.post("/timer", json={"url": HOOK, "minutes": 5}, headers=key)
+    other = await api.post("/timer", json={"minutes": 6, "url": HOOK}, headers=key)
+    unkeyed = await api.post("/timer", json={"minutes": 5, "url": HOOK})
+
+    assert first.status_code == again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert 298 <= again.json()["time_left"] <= 300
+    assert other.status_code == 409
+    assert "order-2041" in other.json()["detail"]
+    assert unkeyed.json()["id"] != first.json()["id"]
+    assert await timer_rows(pool) == 2
+
+
+async def test_concurrent_requests_with_one_key_make_one_timer(
+    api: httpx.AsyncClient, pool: Pool
+) -> None:
+    key = {"Idempotency-Key": "retry-storm"}
+    responses = await asyncio.gather(
+        *(api.post("/timer", json={"seconds": 30, "url": HOOK}, headers=key) for _ in range(20))
+    )
+
+    assert {response.status_code for response in responses} == {200}
+    assert len({response.json()["id"] for response in responses}) == 1
+    assert await timer_rows(pool) == 1
+
+
+async def test_an_idempotency_key_is_free_again_after_24_hours(
+    api: httpx.AsyncClient, pool: Pool
+) -> None:
+    key = {"Idempotency-Key": "daily"}
+    old = (await api.post("/timer", json={"seconds": 30, "url": HOOK}, headers=key)).json()
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE timers SET created_at = now() - interval '25 hours' WHERE id = %s", (old["id"],)
+        )
+
+    new = await api.post("/timer", json={"seconds": 40, "url": HOOK}, headers=key)
+    assert new.status_code == 200
+    assert new.json()["id"] != old["id"]
+
+
+async def test_a_timer_sends_its_own_method_headers_and_body(
+    settings: Settings, target_server: TargetServer
+) -> None:
+    hook = target_server.route("/custom")
+    async with serve_app(settings, loops=["deliveries"]) as running:
+        created = await running.client.post(
+            "/timer",
+            json={
+                "url": hook,
+                "method": "PUT",
+                "headers": {"Authorization": "Bearer abc", "Content-Type": "application/x+json"},
+                "body": {"reminder": "invoice 2041", "items": [1, 2]},
+            },
+        )
+        timer_id = created.json()["id"]
+        deadline = time.monotonic() + 15
+        while (await running.client.get(f"/timer/{timer_id}")).json()["status"] != "fired":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+
+    [request] = target_server.requests["/custom"]
+    assert request.method == "PUT"
+    assert request.headers["Authorization"] == "Bearer abc"
+    assert request.headers["Content-Type"] == "application/x+json"
+    assert json.loads(request.body) == {"reminder": "invoice 2041", "items": [1, 2]}
+    assert request.headers["webhook-id"] == timer_id
+
+
+@pytest.mark.parametrize(
+    ("extra", "complaint"),
+    [
+        ({"headers": {"Host": "evil.example"}}, "may not be set"),
+        ({"headers": {"Transfer-Encoding": "chunked"}}, "may not be set"),
+        ({"headers": {"content-length": "5"}}, "may not be set"),
+        ({"headers": {"webhook-signature": "v1,forged"}}, "may not be set"),
+        ({"headers": {"Bad Name": "x"}}, "not a valid header name"),
+        ({"headers": {"X-Line": "a\r\nInjected: 1"}}, "printable"),
+        ({"headers": {f"X-{n}": "v" for n in range(33)}}, "at most 32 headers"),
+        ({"method": "TRACE"}, "method"),
+        ({"method": "GET", "body": {"a": 1}}, "a GET webhook carries no body"),
+        ({"body": "x" * 70_000}, "at most 65536 bytes"),
+    ],
+)
+async def test_webhook_options_out_of_bounds_are_refused(
+    api: httpx.AsyncClient, pool: Pool, extra: dict[str, Any], complaint: str
+) -> None:
+    response = await api.post("/timer", json={"url": HOOK, **extra})
+
+    assert response.status_code == 422
+    assert complaint in response.text
+    assert await timer_rows(pool) == 0
+
+
+async def test_timers_list_newest_first_by_status_in_pages(api: httpx.AsyncClient) -> None:
+    ids = [
+        (await api.post("/timer", json={"hours": 1, "url": HOOK})).json()["id"] for _ in range(5)
+    ]
+    await api.delete(f"/timer/{ids[0]}")
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"status": "pending", "limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = (await api.get("/timers", params=params)).json()
+        seen += [timer["id"] for timer in page["timers"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids[1:]))
+    cancelled = (await api.get("/timers", params={"status": "cancelled"})).json()
+    assert [timer["id"] for timer in cancelled["timers"]] == [ids[0]]
+    assert (await api.get("/timers", params={"status": "lost"})).status_code == 422
+    assert (await api.get("/timers", params={"cursor": "bogus"})).status_code == 422
+    assert (await api.get("/timers", params={"limit": 0})).status_code == 422
+
+
+async def test_a_failed_timer_shows_its_attempts_and_can_be_retried(
+    settings: Settings, target_server: TargetServer
+) -> None:
+    hook = target_server.route("/gone", status=410)
+    async with serve_app(settings, loops=["deliveries"]) as running:
+        client = running.client
+        timer_id = (await client.post("/timer", json={"url": hook})).json()["id"]
+        deadline = time.monotonic() + 15
+        while (await client.get(f"/timer/{timer_id}")).json()["status"] != "failed":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        [attempt] = (await client.get(f"/timer/{timer_id}/attempts")).json()
+        assert attempt["status_code"] == 410
+        assert attempt["error"] == "receiver answered 410"
+
+        target_server.route("/gone", status=200)
+        retried = await client.post(f"/timer/{timer_id}/retry")
+        assert retried.status_code == 200
+        while (await client.get(f"/timer/{timer_id}")).json()["status"] != "fired":
+            assert time.monotonic() < deadline + 15
+            await asyncio.sleep(0.05)
+        attempts = (await client.get(f"/timer/{timer_id}/attempts")).json()
+        assert [entry["status_code"] for entry in attempts] == [200, 410]
+        again = await client.post(f"/timer/{timer_id}/retry")
+        assert again.status_code == 409
+        assert "fired, not failed" in again.json()["detail"]
+    missing = uuid.uuid4()
+    async with serve_app(settings) as running:
+        assert (await running.client.post(f"/timer/{missing}/retry")).status_code == 404
+        assert (await running.client.get(f"/timer/{missing}/attempts")).status_code == 404
+
+
+async def test_patch_reschedules_a_pending_timer_only(api: httpx.AsyncClient, pool: Pool) -> None:
+    timer_id = (await api.post("/timer", json={"hours": 1, "url": HOOK})).json()["id"]
+
+    moved = await api.patch(f"/timer/{timer_id}", json={"minutes": 2})
+    assert moved.status_code == 200
+    assert 118 <= moved.json()["time_left"] <= 120
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT extract(epoch FROM due_at - now()) AS due_in FROM deliveries WHERE id = %s",
+            (timer_id,),
+        )
+        row = await cursor.fetchone()
+    assert row is not None and 118 <= float(row["due_in"]) <= 120
+
+    assert (await api.patch(f"/timer/{timer_id}", json={"minute": 2})).status_code == 422
+    await api.delete(f"/timer/{timer_id}")
+    refused = await api.patch(f"/timer/{timer_id}", json={"minutes": 2})
+    assert refused.status_code == 409
+    assert "already cancelled" in refused.json()["detail"]
+    assert (await api.patch(f"/timer/{uuid.uuid4()}", json={"seconds": 1})).status_code == 404

@@ -5,11 +5,15 @@ bootstrap key, printed once, so a fresh install can be administered.
 
 A route needs the scope named by its router's tag (titles, stats, timers, conversions,
 monitors); a route without one of those tags needs `admin`, and an `admin` key opens every
-route. /healthz, /readyz, /metrics and the API documentation stay open. The console's pages
-check its own session cookie instead (console/session.py), and the status page is public.
+route. /healthz, /readyz, /metrics and the API documentation stay open. Badges may be asked for
+without a key (the route itself shows only public monitors to a request without one). A route
+finds the key that opened it in `request.state.api_key` (absent with keys off).
+The console's pages check its own session cookie instead (console/session.py), and the status
+page is public.
 """
 
 import hashlib
+import re
 import secrets
 import time
 import uuid
@@ -27,7 +31,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from errands.core.db import Pool
 
 __all__ = [
+    "DOCS_ASSETS_PATH",
     "FEATURE_SCOPES",
+    "KEY_OPTIONAL_PATH",
     "KEY_PREFIX",
     "SCOPES",
     "ApiKey",
@@ -48,9 +54,15 @@ SCOPES = (*FEATURE_SCOPES, "admin")
 KEY_PREFIX = "errands_"
 # Enough of a key to recognise it in a listing, too little to help guess the rest.
 SHOWN_PREFIX_CHARS = len(KEY_PREFIX) + 6
+DOCS_ASSETS_PATH = "/docs/assets"
 PUBLIC_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    | {
+        f"{DOCS_ASSETS_PATH}/{name}"
+        for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+    }
 )
+KEY_OPTIONAL_PATH = re.compile(r"^/monitors/[^/]+/badge/[a-z]+\.svg$")
 # Pages of the console, which signs people in with a key once and then reads its own cookie.
 CONSOLE_PATHS = frozenset({"/", "/status"})
 CONSOLE_PREFIX = "/console/"
@@ -216,6 +228,8 @@ class ApiKeyMiddleware:
     async def _refusal(self, scope: Scope) -> JSONResponse | None:
         secret = _bearer_token(scope)
         if secret is None:
+            if KEY_OPTIONAL_PATH.match(scope["path"]):
+                return None
             return _unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
         try:
             key = await self._find(scope["app"].state.resources.pool, secret)
@@ -234,6 +248,7 @@ class ApiKeyMiddleware:
                 {"detail": f"API key {key.name!r} lacks the {needed!r} scope for this route"},
                 status_code=403,
             )
+        scope.setdefault("state", {})["api_key"] = key
         return None
 
     async def _find(self, pool: Pool, secret: str) -> ApiKey | None:

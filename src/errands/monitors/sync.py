@@ -12,9 +12,10 @@ import yaml
 from pydantic import ValidationError
 
 from errands.core.errors import Unprocessable
+from errands.core.http import masked_url
 from errands.core.resources import Resources
 from errands.monitors import store
-from errands.monitors.api import MonitorIn, validated_fields
+from errands.monitors.api import MonitorIn, fields_of, validated_fields
 
 __all__ = ["SitesFileError", "read_sites", "sync_sites"]
 
@@ -61,16 +62,11 @@ async def sync_sites(resources: Resources, sites: list[MonitorIn]) -> list[tuple
     default_timeout = resources.settings.monitor_default_timeout_s
     try:
         all_fields = [
-            validated_fields(
-                resources.http,
-                url=site.url,
-                interval_s=site.interval_s,
-                timeout_s=site.timeout_s or min(default_timeout, site.interval_s),
-                method=site.method,
-                regex=site.regex,
-            )
-            for site in sites
+            validated_fields(resources.http, fields_of(site, default_timeout)) for site in sites
         ]
     except Unprocessable as error:
         raise SitesFileError(error.detail) from None
-    return [(await store.sync_monitor(resources.pool, fields), fields.url) for fields in all_fields]
+    return [
+        (await store.sync_monitor(resources.pool, fields), masked_url(fields.url))
+        for fields in all_fields
+    ]

@@ -13,7 +13,7 @@ from errands.core.http import GuardedClient, OutboundError
 from errands.core.metrics import TITLES_FETCHED
 from errands.titles.cache import RecentTitles
 from errands.titles.domains import Target
-from errands.titles.extract import TitleReader
+from errands.titles.extract import TitleReader, document_kind
 
 __all__ = ["PageTitle", "TitleCache", "TitleStatus", "fetch_titles"]
 
@@ -136,7 +136,7 @@ async def _read_title(
             error = f"HTTP {response.status} {response.reason or ''}".strip()
             return _page(final_url, None, "error", error)
         content_type = response.headers.get("Content-Type")
-        if not _may_have_title(content_type):
+        if document_kind(content_type) is None:
             return _page(final_url, None, "no_title", f"not a web page ({content_type})")
         reader = TitleReader(content_type)
         read = 0
@@ -163,11 +163,3 @@ async def _read_title(
 def _page(url: str, title: str | None, status: TitleStatus, error: str | None) -> PageTitle:
     # The caller times the whole attempt, https and http tries included.
     return PageTitle(url=url, title=title, status=status, error=error, elapsed_ms=0.0)
-
-
-def _may_have_title(content_type: str | None) -> bool:
-    """HTML, XHTML and other text can carry a <title>; images, PDFs and the like cannot."""
-    if not content_type:
-        return True
-    mime = content_type.partition(";")[0].strip().lower()
-    return mime.startswith("text/") or mime in ("application/xhtml+xml", "application/xml")
