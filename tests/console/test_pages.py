@@ -42,10 +42,10 @@ def check(monitor_id: uuid.UUID, at: datetime, *, up: bool) -> CheckResult:
 
 async def add_monitor(resources: Resources, url: str) -> uuid.UUID:
     fields = monitors_store.MonitorFields(
-        url=url, interval_s=60, timeout_s=5, method="GET", regex=None
+        url=url, interval_s=60, timeout_s=5, method="GET", regex=None, failure_threshold=1
     )
     row = await monitors_store.create_monitor(resources.pool, fields)
-    assert row is not None
+    assert isinstance(row, dict)
     monitor_id: uuid.UUID = row["id"]
     return monitor_id
 
@@ -78,6 +78,7 @@ async def test_the_monitors_page_is_given_typed_rows_with_state_figures_and_a_he
     only_down = await pages.build_monitors_page(resources, search="", state="down", page=1)
     assert [row.id for row in only_down.rows] == [down_id]
     assert only_down.link(2) == "/console/monitors?state=down&page=2"
+    assert (down.name, up.name) == ("down.example", "up.example"), "named after the host"
 
 
 async def test_the_overview_is_given_each_areas_counts(resources: Resources) -> None:
@@ -86,7 +87,7 @@ async def test_the_overview_is_given_each_areas_counts(resources: Resources) -> 
 
     page = await pages.build_overview(_request(resources), resources, viewer)
 
-    assert page.monitor_states == {"up": 0, "down": 0, "pending": 1}
+    assert page.monitor_states == {"up": 0, "degraded": 0, "down": 0, "new": 1, "paused": 0}
     assert (page.timers_pending, page.files_waiting) == (0, 0)
     assert page.busiest_routes == []
     assert page.deliveries == {"pending": 0, "delivered": 0, "failed": 0, "cancelled": 0}
@@ -347,3 +348,24 @@ async def until(api: httpx.AsyncClient, timer_id: str, status: str) -> None:
     while (await api.get(f"/timer/{timer_id}")).json()["status"] != status:
         assert asyncio.get_running_loop().time() < deadline, f"timer never {status}"
         await asyncio.sleep(0.1)
+
+
+async def test_a_monitor_is_paused_and_resumed_from_its_page(api: httpx.AsyncClient) -> None:
+    created = await api.post("/monitors", json={"url": "https://a.example/", "interval_s": 60})
+    monitor_id = created.json()["id"]
+    page = f"/console/monitors/{monitor_id}"
+    token = await form_token(api, page)
+    assert "Pause</button>" in (await api.get(page)).text
+
+    paused = await api.post(f"{page}/pause", data={"csrf_token": token, "paused": "true"})
+    assert paused.status_code == 303
+    assert (await api.get(f"/monitors/{monitor_id}")).json()["paused"] is True
+    shown = await api.get(page)
+    assert "Resume</button>" in shown.text and 'class="state paused"' in shown.text
+    listed = await api.get("/console/monitors", params={"state": "paused"})
+    assert "a.example" in listed.text
+
+    bad = await api.post(f"{page}/pause", data={"csrf_token": token, "paused": "maybe"})
+    assert bad.status_code == 422
+    await api.post(f"{page}/pause", data={"csrf_token": token, "paused": "false"})
+    assert (await api.get(f"/monitors/{monitor_id}")).json()["paused"] is False

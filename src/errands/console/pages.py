@@ -26,6 +26,7 @@ from errands.conversions import store as conversions_store
 from errands.core import delivery
 from errands.core.delivery import BadCursor
 from errands.core.errors import ErrandsError
+from errands.core.http import masked_url
 from errands.core.resources import Resources, get_resources
 from errands.monitors import api as monitors_api
 from errands.monitors import store as monitors_store
@@ -65,11 +66,13 @@ ViewerDep = Annotated[Viewer, Depends(_viewer)]
 MONITORS_PER_PAGE = 50
 HEARTBEAT_SLOTS = 30
 RECENT_CHECKS_SHOWN = 20
-State = Literal["up", "down", "pending"]
+State = Literal["new", "up", "degraded", "down", "paused"]
 
 
-def _state(last_up: bool | None) -> State:
-    return "pending" if last_up is None else "up" if last_up else "down"
+def _state(state: str, paused: bool) -> State:
+    """What a person reads: a paused monitor is paused, whatever its last state."""
+    shown: State = "paused" if paused else state  # type: ignore[assignment]
+    return shown
 
 
 def _redirect(path: str) -> RedirectResponse:
@@ -176,7 +179,8 @@ async def overview(request: Request, resources: ResourcesDep, viewer: ViewerDep)
 @dataclass(frozen=True)
 class MonitorRow:
     id: uuid.UUID
-    url: str
+    name: str
+    url: str  # with any user:password@ masked
     method: str
     interval_s: int
     state: State
@@ -221,10 +225,11 @@ async def build_monitors_page(
     rows = [
         MonitorRow(
             id=monitor.id,
-            url=monitor.url,
+            name=monitor.name,
+            url=masked_url(monitor.url),
             method=monitor.method,
             interval_s=monitor.interval_s,
-            state=_state(monitor.last_up),
+            state=_state(monitor.state, monitor.paused),
             last_checked_at=monitor.last_checked_at,
             last_response_ms=monitor.last_response_ms,
             uptime_24h_pct=figures[monitor.id].uptime_24h_pct,
@@ -247,7 +252,7 @@ async def build_monitors_page(
 
 
 StateFilter = Annotated[
-    Literal["", "up", "down", "pending"],
+    Literal["", "new", "up", "degraded", "down", "paused"],
     Query(description="Only monitors in this state; empty for all", examples=["down"]),
 ]
 
@@ -262,7 +267,9 @@ async def monitors(
     request: Request,
     resources: ResourcesDep,
     viewer: ViewerDep,
-    q: Annotated[str, Query(max_length=200, description="Part of the URL", examples=["shop"])] = "",
+    q: Annotated[
+        str, Query(max_length=200, description="Part of the name or URL", examples=["shop"])
+    ] = "",
     state: StateFilter = "",
     page: Annotated[int, Query(ge=1, le=1_000_000, examples=[1])] = 1,
     fragment: Annotated[
@@ -287,9 +294,12 @@ class MonitorFormPage:
     error: str | None
 
 
-MONITOR_FIELDS = ("url", "interval_s", "timeout_s", "method", "regex")
-NEW_MONITOR = {"url": "", "interval_s": "60", "timeout_s": "", "method": "GET", "regex": ""}
+MONITOR_FIELDS = ("name", "url", "interval_s", "timeout_s", "method", "regex")
+NEW_MONITOR = {
+    "name": "", "url": "", "interval_s": "60", "timeout_s": "", "method": "GET", "regex": ""
+}  # fmt: skip
 MONITOR_FORM_FIELDS: dict[str, dict[str, Any]] = {
+    "name": {"type": "string", "maxLength": 200},
     "url": {"type": "string", "maxLength": 2048},
     "interval_s": {"type": "string"},
     "timeout_s": {"type": "string"},
@@ -396,6 +406,11 @@ class MonitorDetailPage:
     response_chart: Markup
     heartbeat: Markup
     checks: list[CheckLine]
+    incidents: list[monitors_api.IncidentOut]
+    tls_expires_at: datetime | None  # as the last check that saw a certificate read it
+
+
+INCIDENTS_SHOWN = 20
 
 
 WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
@@ -441,10 +456,11 @@ async def build_monitor_detail(
             resources.pool, monitor_id, until - timedelta(days=8), until, RECENT_CHECKS_SHOWN
         )
     uptime = await monitors_api.uptime(monitor_id, resources, window)
+    incidents = await monitors_api.list_incidents(monitor_id, resources, INCIDENTS_SHOWN)
     beats = [check["up"] for check in reversed(recent)]
-    state = _state(recent[0]["up"] if recent else None)
+    state = _state(monitor.state, monitor.paused)
     return MonitorDetailPage(
-        title=f"{monitor.url} ({state})",
+        title=f"{monitor.name} ({state})",
         monitor=monitor,
         state=state,
         window=window,
@@ -462,6 +478,10 @@ async def build_monitor_detail(
             )
             for check in recent
         ],
+        incidents=incidents,
+        tls_expires_at=next(
+            (check["tls_expires_at"] for check in recent if check["tls_expires_at"]), None
+        ),
     )
 
 
@@ -500,6 +520,7 @@ async def edit_monitor(
     require_scope(viewer, "monitors")
     monitor = await _existing_monitor(resources, monitor_id)
     values = {
+        "name": monitor.name,
         "url": monitor.url,
         "interval_s": str(monitor.interval_s),
         "timeout_s": f"{monitor.timeout_s:g}",
@@ -528,8 +549,11 @@ async def update_monitor(
     title = f"Change {monitor.url}"
     try:
         changes = {"regex": None, "timeout_s": None, **_monitor_input(fields)}
-        if changes["timeout_s"] is None:
-            del changes["timeout_s"]  # blank keeps the current timeout
+        for kept in ("timeout_s", "name"):
+            if changes.get(kept) is None:
+                changes.pop(kept, None)  # blank keeps the current value
+        if changes.get("url") == monitor.url:
+            del changes["url"]  # unchanged, and shown with any password masked
         body = monitors_api.MonitorChanges.model_validate(changes)
         await monitors_api.update_monitor(monitor_id, body, resources)
     except ValidationError as error:
@@ -559,6 +583,32 @@ async def delete_monitor(
     except ErrandsError as error:
         raise _page_error(error) from None
     return _redirect("/console/monitors")
+
+
+@router.post(
+    "/console/monitors/{monitor_id}/pause",
+    summary="Pause or resume a monitor",
+    response_class=HTMLResponse,
+    responses=html_answers(303, 403, 404, 422),
+    openapi_extra=form_body(
+        {"paused": {"type": "string", "enum": ["true", "false"]}}, {"paused": "true"}
+    ),
+)
+async def pause_monitor(
+    request: Request, resources: ResourcesDep, viewer: ViewerDep, monitor_id: uuid.UUID
+) -> RedirectResponse:
+    """Pause a monitor (no checks, no alerts) or resume it, as `PATCH /monitors/{id}` with
+    `paused` does; then show it again."""
+    require_scope(viewer, "monitors")
+    fields = await checked_form(request, resources)
+    if fields.get("paused") not in ("true", "false") or len(fields) != 1:
+        raise PageError(422, "send paused=true or paused=false, and nothing else")
+    changes = monitors_api.MonitorChanges(paused=fields["paused"] == "true")
+    try:
+        await monitors_api.update_monitor(monitor_id, changes, resources)
+    except ErrandsError as error:
+        raise _page_error(error) from None
+    return _redirect(f"/console/monitors/{monitor_id}")
 
 
 # --- Timers ------------------------------------------------------------------------------------
