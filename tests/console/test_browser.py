@@ -145,7 +145,7 @@ async def test_open_the_pages_of_an_upload(browser: WebDriver, settings: Setting
 
         def open_pages() -> None:
             browser.get(f"{app.base_url}/console/uploads")
-            browser.find_element(By.ID, "upload-id").send_keys(upload_id, Keys.ENTER)
+            browser.find_element(By.LINK_TEXT, upload_id).click()
 
             def converted() -> bool:
                 browser.refresh()
@@ -161,6 +161,9 @@ async def test_open_the_pages_of_an_upload(browser: WebDriver, settings: Setting
                 browser.execute_script("return arguments[0].naturalWidth", image) > 0
                 for image in images
             ), "every page's PNG loaded"
+            assert all(image.get_attribute("src").endswith(".preview.png") for image in images), (
+                "the small previews, not the full pages"
+            )
             browser.find_element(By.LINK_TEXT, "Page 2").click()
             wait_for("the PNG of page 2", lambda: browser.current_url.endswith(".png"))
             browser.back()

@@ -18,6 +18,7 @@ from errands.monitors.results import CheckResult, encode_check
 from errands.monitors.sink import store_batch
 from errands.stats.recorder import StatsRecorder
 from tests.console.conftest import form_token
+from tests.conversions.samples import pdf
 from tests.fixtures.app import serve_app
 from tests.fixtures.targets import TargetServer
 
@@ -369,3 +370,19 @@ async def test_a_monitor_is_paused_and_resumed_from_its_page(api: httpx.AsyncCli
     assert bad.status_code == 422
     await api.post(f"{page}/pause", data={"csrf_token": token, "paused": "false"})
     assert (await api.get(f"/monitors/{monitor_id}")).json()["paused"] is False
+
+
+async def test_uploads_are_listed_by_status_and_a_bad_cursor_is_a_clear_422(
+    api: httpx.AsyncClient,
+) -> None:
+    document = pdf([(200, 200)])
+    created = await api.post("/uploads", files=[("files", ("a.pdf", document, "application/pdf"))])
+    upload_id = created.json()["id"]
+
+    listed = await api.get("/console/uploads")
+    assert f'href="/console/uploads/{upload_id}"' in listed.text
+    assert "Uploads (1 files waiting)" in listed.text
+    failed_only = await api.get("/console/uploads", params={"status": "failed"})
+    assert upload_id not in failed_only.text and "No uploads failed." in failed_only.text
+    bad = await api.get("/console/uploads", params={"cursor": "nonsense"})
+    assert bad.status_code == 422 and "cursor" in bad.text

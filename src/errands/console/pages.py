@@ -49,6 +49,7 @@ __all__ = [
     "build_monitors_page",
     "build_overview",
     "build_timers_page",
+    "build_uploads_page",
     "router",
 ]
 
@@ -771,6 +772,14 @@ async def retry_timer(
 class UploadsPage:
     title: str
     files_waiting: int
+    status: conversions_api.Status | None
+    uploads: list[conversions_api.UploadSummary]
+    next_cursor: str | None
+
+    def link(self, cursor: str | None = None) -> str:
+        """This listing's URL, keeping the status filter, at `cursor` (None: the first page)."""
+        query = {"status": self.status or "", "cursor": cursor or ""}
+        return "/console/uploads?" + urlencode({k: v for k, v in query.items() if v})
 
 
 @dataclass(frozen=True)
@@ -779,21 +788,52 @@ class UploadPage:
     upload: conversions_api.UploadView
 
 
+UPLOADS_PER_PAGE = 20
+UploadStatusFilter = Annotated[
+    Literal["", "queued", "processing", "done", "failed"],
+    Query(description="Only uploads in this status; empty for all", examples=["failed"]),
+]
+
+
+async def build_uploads_page(
+    resources: Resources, status: conversions_api.Status | None, cursor: str | None
+) -> UploadsPage:
+    try:
+        listed = await conversions_api.list_uploads(
+            resources, status=status, cursor=cursor, limit=UPLOADS_PER_PAGE
+        )
+    except ErrandsError as error:
+        raise PageError(422, error.detail) from None
+    waiting = await conversions_store.count_waiting(resources.pool)
+    return UploadsPage(
+        title=f"Uploads ({waiting} files waiting)",
+        files_waiting=waiting,
+        status=status,
+        uploads=listed.uploads,
+        next_cursor=listed.next_cursor,
+    )
+
+
 @router.get(
     "/console/uploads",
     summary="Uploads",
     response_class=HTMLResponse,
-    responses=html_answers(303, 403),
+    responses=html_answers(303, 403, 422),
 )
 async def uploads(
-    request: Request, resources: ResourcesDep, viewer: ViewerDep, id: OpenId = None
+    request: Request,
+    resources: ResourcesDep,
+    viewer: ViewerDep,
+    id: OpenId = None,
+    status: UploadStatusFilter = "",
+    cursor: Annotated[str | None, Query(max_length=200, description="From `Next page`")] = None,
 ) -> Response:
-    """How many files wait to be converted, and a form to open an upload by its id."""
+    """Uploads newest first, 20 a page, filtered by status, with their files' counts; a form
+    to open one by its id."""
     require_scope(viewer, "conversions")
     if id is not None:
         return _redirect(f"/console/uploads/{id}")
-    waiting = await conversions_store.count_waiting(resources.pool)
-    page = UploadsPage(title=f"Uploads ({waiting} files waiting)", files_waiting=waiting)
+    page = await build_uploads_page(resources, status or None, cursor)
     return await render(
         request, resources, "uploads.html", viewer=viewer, section="uploads", page=page
     )
