@@ -386,3 +386,26 @@ async def test_uploads_are_listed_by_status_and_a_bad_cursor_is_a_clear_422(
     assert upload_id not in failed_only.text and "No uploads failed." in failed_only.text
     bad = await api.get("/console/uploads", params={"cursor": "nonsense"})
     assert bad.status_code == 422 and "cursor" in bad.text
+
+
+async def test_channels_and_maintenance_windows_are_listed_with_secrets_masked(
+    api: httpx.AsyncClient,
+) -> None:
+    empty = await api.get("/console/alerts")
+    assert "No channels" in empty.text and "No maintenance windows." in empty.text
+    channel = await api.post(
+        "/channels",
+        json={"name": "on-call", "url": "https://ops:hunter2@hooks.example/x"},
+    )
+    assert channel.status_code == 201, channel.text
+    window = await api.post(
+        "/maintenance",
+        json={"monitors": "all", "starts_at": "2030-01-01T00:00:00Z",
+              "ends_at": "2030-01-01T01:00:00Z"},
+    )  # fmt: skip
+    assert window.status_code == 201, window.text
+
+    page = await api.get("/console/alerts")
+    assert "on-call" in page.text and "hooks.example" in page.text
+    assert "hunter2" not in page.text
+    assert "2030-01-01 00:00:00 UTC" in page.text

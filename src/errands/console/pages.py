@@ -29,12 +29,15 @@ from errands.core.errors import ErrandsError
 from errands.core.http import masked_url
 from errands.core.resources import Resources, get_resources
 from errands.monitors import api as monitors_api
+from errands.monitors import channels as channels_api
 from errands.monitors import store as monitors_store
+from errands.monitors.maintenance import MaintenanceWindow
 from errands.stats import api as stats_api
 from errands.timers import api as timers_api
 from errands.timers import store as timers_store
 
 __all__ = [
+    "AlertsPage",
     "MonitorDetailPage",
     "MonitorFormPage",
     "MonitorRow",
@@ -610,6 +613,35 @@ async def pause_monitor(
     except ErrandsError as error:
         raise _page_error(error) from None
     return _redirect(f"/console/monitors/{monitor_id}")
+
+
+@dataclass(frozen=True)
+class AlertsPage:
+    """Where alerts go and when they are held back."""
+
+    title: str
+    channels: list[channels_api.ChannelOut]
+    windows: list[MaintenanceWindow]
+
+
+@router.get(
+    "/console/alerts",
+    summary="Channels and maintenance windows",
+    response_class=HTMLResponse,
+    responses=html_answers(303, 403),
+)
+async def alerts(request: Request, resources: ResourcesDep, viewer: ViewerDep) -> HTMLResponse:
+    """The notification channels (secrets in their URLs masked) and the maintenance windows,
+    past, open and future, as `GET /channels` and `GET /maintenance` give them."""
+    require_scope(viewer, "monitors")
+    page = AlertsPage(
+        title="Channels and maintenance",
+        channels=await channels_api.list_channels(resources),
+        windows=await monitors_api.list_maintenance(resources),
+    )
+    return await render(
+        request, resources, "alerts.html", viewer=viewer, section="alerts", page=page
+    )
 
 
 # --- Timers ------------------------------------------------------------------------------------
