@@ -58,8 +58,10 @@ async def test_the_page_is_given_public_monitors_with_90_days_and_their_incident
 async def test_the_page_needs_no_key_shows_no_url_and_is_cached(
     settings: Settings, resources: Resources
 ) -> None:
-    await add(resources, "https://shop.example/?key=s3cret", "<b>Shop</b>", public=True)
+    shop = await add(resources, "https://shop.example/?key=s3cret", "<b>Shop</b>", public=True)
     await add(resources, "https://internal.example/", "Internal", public=False)
+    now = datetime.now(UTC)
+    await store_batch(resources, [encode_check(check(shop, now - timedelta(minutes=1), up=False))])
     keys_on = settings.model_copy(update={"api_keys_enabled": True, "status_cache_s": 60})
     async with serve_app(keys_on) as app:
         await _check_public_and_cached(app)
@@ -74,6 +76,8 @@ async def _check_public_and_cached(app: RunningApp) -> None:
     assert "&lt;b&gt;Shop&lt;/b&gt;" in response.text and "<b>Shop</b>" not in response.text
     assert "Internal" not in response.text
     assert "shop.example" not in response.text and "s3cret" not in response.text
+    assert "Open incidents" in response.text, "the open incident is shown"
+    assert "answered with status" not in response.text, "but not its cause"
     assert "Sign out" not in response.text and "/console/monitors" not in response.text
     again = await app.client.get("/status", headers={"If-None-Match": response.headers["etag"]})
     assert again.status_code == 304

@@ -37,9 +37,10 @@ class StatusMonitor:
 
 @dataclass(frozen=True)
 class StatusIncident:
+    """An incident as the public sees it: no cause, which may name hosts or addresses."""
+
     monitor_name: str
     state: str
-    cause: str
     started_at: datetime
     resolved_at: datetime | None
 
@@ -88,7 +89,6 @@ async def build_status_page(resources: Resources) -> StatusPage:
         StatusIncident(
             names[incident.monitor_id],
             incident.state,
-            incident.cause,
             incident.started_at,
             incident.resolved_at,
         )
