@@ -312,6 +312,8 @@ def _document_common_answers(operation: dict[str, Any], *, public: bool, keys: b
     for status in common:
         responses.setdefault(status, {"description": COMMON_ANSWERS[status][0]})
     for status, response in responses.items():
+        if "text/html" in response.get("content", {}):
+            continue  # a console page, whose errors are pages too
         if status.startswith("4") or (status == "503" and not public):
             listed = response.get("content", {}).get("application/json", {}).get("example")
             example = (
