@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from errands.core.errors import Unprocessable
 from errands.core.http import masked_url
 from errands.core.resources import Resources
+from errands.core.validation import describe_problems
 from errands.monitors import store
 from errands.monitors.api import MonitorIn, fields_of, validated_fields
 
@@ -44,10 +45,7 @@ def read_sites(path: Path) -> list[MonitorIn]:
         try:
             sites.append(MonitorIn.model_validate(entry))
         except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in problem['loc']) or 'entry'}: {problem['msg']}"
-                for problem in error.errors()
-            )
+            problems = describe_problems(error.errors())
             raise SitesFileError(f"{path}: site {number}: {problems}") from None
     urls = [site.url for site in sites]
     duplicated = sorted({url for url in urls if urls.count(url) > 1})
