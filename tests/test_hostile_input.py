@@ -201,7 +201,10 @@ async def test_a_body_that_is_not_utf8_gets_a_4xx_on_every_json_route(
         (b'{"url": "http://example.com/\\u0000", "domains": ["a\\u0000.com"]}', "NUL"),
         (b'{"url": "http://example.com/\\ud800", "domains": ["\\udc00.com"]}', "surrogates"),
         (b'{"\\ud800": 1}', "surrogates"),
-        (b'{"interval_s": 1e400, "hours": 1e400, "domains": [1e400]}', "Input should be"),
+        (
+            b'{"interval_s": 1e400, "hours": 1e400, "domains": [1e400], "urls": [1e400]}',
+            "Input should be",
+        ),
     ],
 )
 async def test_json_the_database_cannot_store_gets_422_on_every_json_route(
