@@ -93,6 +93,9 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+# Every route and its documented examples, in two modes: longer than the default limit on a
+# loaded machine.
+@pytest.mark.timeout(600)
 async def test_fuzzing_every_route_finds_no_server_error_nor_undocumented_answer(
     guarded_app: RunningApp,
 ) -> None:

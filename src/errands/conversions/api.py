@@ -403,6 +403,7 @@ UPLOAD_BODY_DOC = {
         "required": True,
         "content": {
             "multipart/form-data": {
+                "example": {FILES_FIELD: ["<the bytes of scan.pdf>", "<the bytes of photo.jpg>"]},
                 "schema": {
                     "type": "object",
                     "required": [FILES_FIELD],
@@ -412,7 +413,7 @@ UPLOAD_BODY_DOC = {
                             "items": {"type": "string", "format": "binary"},
                         }
                     },
-                }
+                },
             }
         },
     }

@@ -276,10 +276,13 @@ def _translate(error: BaseException, url: URL) -> OutboundError:
 
 
 def _peer_certificate(response: aiohttp.ClientResponse) -> bytes | None:
-    connection = response.connection
-    if connection is None or connection.transport is None:
+    # aiohttp hands the connection back to its pool as soon as a short body has arrived, so the
+    # response's protocol (which it keeps) is where the TLS session can still be read.
+    protocol = response.connection.protocol if response.connection else response._protocol
+    transport = None if protocol is None else protocol.transport
+    if transport is None:
         return None
-    tls = connection.transport.get_extra_info("ssl_object")
+    tls = transport.get_extra_info("ssl_object")
     if not isinstance(tls, ssl.SSLObject | ssl.SSLSocket):
         return None
     der: bytes | None = tls.getpeercert(binary_form=True)

@@ -200,6 +200,12 @@ DELETE_MONITOR = """
      WHERE id = %(id)s
 """
 
+DELETE_MONITORS_NOT_LISTED = """
+    DELETE FROM monitors
+     WHERE url <> ALL(%(urls)s)
+ RETURNING url
+"""
+
 # The next slot is the first of due_at + k * interval (k >= 1) that is not in the past, so a
 # checker that fell behind skips the slots it missed instead of checking in a burst. The guard on
 # lease_owner and due_at means only the checker that claimed a slot moves it on.
@@ -304,9 +310,10 @@ def _unchanged(current: Row, fields: MonitorFields) -> bool:
     ) == tuple(sorted(set(fields.channels)))
 
 
-async def sync_monitor(pool: Pool, fields: MonitorFields) -> str:
-    """Insert or update the monitor of `fields.url`: "created", "updated" or "unchanged"."""
-    async with pool.connection() as conn, conn.transaction():
+async def sync_monitor(pool: Pool, fields: MonitorFields, *, dry_run: bool = False) -> str:
+    """Insert or update the monitor of `fields.url`: "created", "updated" or "unchanged".
+    A dry run says which, and rolls the change back."""
+    async with pool.connection() as conn, conn.transaction(force_rollback=dry_run):
         cursor = await conn.execute(SELECT_MONITOR_BY_URL, {"url": fields.url})
         current = await cursor.fetchone()
         if current is None:
@@ -322,6 +329,19 @@ async def sync_monitor(pool: Pool, fields: MonitorFields) -> str:
         await _set_channels(conn, monitor_id, fields.channels)
         await claims.notify(conn, CHANNEL)
     return outcome
+
+
+async def delete_monitors_not_listed(
+    pool: Pool, urls: list[str], *, dry_run: bool = False
+) -> list[str]:
+    """Delete every monitor whose URL is not in `urls`; return their URLs. A dry run rolls the
+    deletion back."""
+    async with pool.connection() as conn, conn.transaction(force_rollback=dry_run):
+        cursor = await conn.execute(DELETE_MONITORS_NOT_LISTED, {"urls": urls})
+        deleted = sorted(row["url"] for row in await cursor.fetchall())
+        if deleted:
+            await claims.notify(conn, CHANNEL)
+    return deleted
 
 
 async def reschedule_checked(

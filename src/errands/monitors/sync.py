@@ -1,7 +1,8 @@
 """`errands monitors sync FILE`: make the monitors match a YAML or TOML list of sites.
 
 Sites are matched by URL: a new URL is created, a known one updated when a setting differs.
-Monitors not in the file are left alone.
+Monitors not in the file are left alone, or deleted with `prune`. A dry run reports the same
+outcomes and writes nothing.
 """
 
 import tomllib
@@ -55,8 +56,11 @@ def read_sites(path: Path) -> list[MonitorIn]:
     return sites
 
 
-async def sync_sites(resources: Resources, sites: list[MonitorIn]) -> list[tuple[str, str]]:
-    """Create or update each site's monitor; return (outcome, url) per site, in file order.
+async def sync_sites(
+    resources: Resources, sites: list[MonitorIn], *, dry_run: bool = False, prune: bool = False
+) -> list[tuple[str, str]]:
+    """Create or update each site's monitor; return (outcome, url) per site, in file order, then
+    ("deleted", url) for each monitor pruned.
 
     Every site is validated before anything is written, so a bad file changes nothing."""
     default_timeout = resources.settings.monitor_default_timeout_s
@@ -66,7 +70,12 @@ async def sync_sites(resources: Resources, sites: list[MonitorIn]) -> list[tuple
         ]
     except Unprocessable as error:
         raise SitesFileError(error.detail) from None
-    return [
-        (await store.sync_monitor(resources.pool, fields), masked_url(fields.url))
+    outcomes = [
+        (await store.sync_monitor(resources.pool, fields, dry_run=dry_run), masked_url(fields.url))
         for fields in all_fields
     ]
+    if prune:
+        urls = [fields.url for fields in all_fields]
+        deleted = await store.delete_monitors_not_listed(resources.pool, urls, dry_run=dry_run)
+        outcomes += [("deleted", masked_url(url)) for url in deleted]
+    return outcomes
