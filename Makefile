@@ -25,7 +25,10 @@ $(VENV)/.installed-bench: $(DEPENDS)
 run: $(VENV)/.installed-service
 	$(BIN)/errands serve
 
+# The console's browser tests drive Debian's headless Chromium.
 test: $(VENV)/.installed-dev
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; }
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-dev

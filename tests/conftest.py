@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.app",
     "tests.fixtures.targets",
     "tests.fixtures.kafka",
+    "tests.fixtures.s3",
 ]

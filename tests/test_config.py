@@ -100,3 +100,58 @@ def test_retention_is_bounded_to_dates_python_can_compute(
     monkeypatch.setenv("ERRANDS_RETENTION_DAYS", "1000000")
     with pytest.raises(SettingsError, match="ERRANDS_RETENTION_DAYS"):
         load_settings()
+
+
+def test_a_dotenv_file_sets_what_the_environment_does_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("ERRANDS_PORT=9002\nERRANDS_LOG_LEVEL=debug\n# a comment\nOTHER=1\n")
+    monkeypatch.setenv("ERRANDS_LOG_LEVEL", "warning")
+
+    settings = load_settings(env_file)
+
+    assert settings.port == 9002
+    assert settings.log_level == "warning"
+
+
+@pytest.mark.parametrize("where", ["environment", ".env"])
+def test_a_misspelled_setting_is_refused_with_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
+) -> None:
+    env_file = tmp_path / ".env"
+    if where == "environment":
+        monkeypatch.setenv("ERRANDS_API_KEY_ENABLED", "true")
+    else:
+        env_file.write_text("ERRANDS_API_KEY_ENABLED=true\n")
+
+    with pytest.raises(SettingsError) as refused:
+        load_settings(env_file)
+
+    assert str(refused.value) == (
+        "unknown setting ERRANDS_API_KEY_ENABLED (did you mean ERRANDS_API_KEYS_ENABLED?); "
+        "every setting is listed in docs/operations.md"
+    )
+
+
+def test_the_test_suites_own_variables_are_not_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ERRANDS_TEST_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    assert load_settings(tmp_path / ".env").kafka_bootstrap_servers is None
+
+
+def test_the_cli_refuses_to_start_on_a_misspelled_setting(tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("ERRANDS_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "errands", "migrate"],
+        env={**env, "ERRANDS_PROT": "9000", "ERRANDS_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "errands: unknown setting ERRANDS_PROT (did you mean ERRANDS_PORT?); every setting is "
+        "listed in docs/operations.md\n"
+    )

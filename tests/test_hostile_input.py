@@ -3,6 +3,7 @@
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 
 import hypothesis
@@ -43,15 +44,24 @@ async def guarded_app(settings: Settings) -> AsyncIterator[RunningApp]:
         yield running
 
 
-def fuzz(schema: schemathesis.BaseSchema, base_url: str) -> list[str]:
-    """Run every operation in positive and negative mode; one line per operation that failed."""
+def fuzz(
+    schema: schemathesis.BaseSchema,
+    base_url: str,
+    *,
+    console: bool = False,
+    examples: int = EXAMPLES_PER_OPERATION,
+) -> list[str]:
+    """Run every operation in positive and negative mode; one line per operation that failed.
+    The console's HTML pages (tag `console`) are fuzzed on their own, by tests/console."""
     failures = []
     for result in schema.get_all_operations():
         operation = result.ok()
+        if ("console" in (operation.tags or [])) != console:
+            continue
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
 
             @hypothesis.settings(
-                max_examples=EXAMPLES_PER_OPERATION,
+                max_examples=examples,
                 deadline=None,
                 database=None,
                 derandomize=True,
@@ -83,6 +93,9 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+# Every route and its documented examples, in two modes: longer than the default limit on a
+# loaded machine.
+@pytest.mark.timeout(600)
 async def test_fuzzing_every_route_finds_no_server_error_nor_undocumented_answer(
     guarded_app: RunningApp,
 ) -> None:
@@ -192,7 +205,8 @@ async def test_a_body_that_is_not_utf8_gets_a_4xx_on_every_json_route(
         (b'{"url": "http://example.com/\\u0000", "domains": ["a\\u0000.com"]}', "NUL"),
         (b'{"url": "http://example.com/\\ud800", "domains": ["\\udc00.com"]}', "surrogates"),
         (b'{"\\ud800": 1}', "surrogates"),
-        (b'{"interval_s": 1e400, "hours": 1e400, "domains": [1e400]}', "inf"),
+        # A route without these fields refuses them as unknown, its reply valid JSON all the same.
+        (b'{"interval_s": 1e400, "hours": 1e400, "domains": [1e400]}', "Input should be|unknown"),
     ],
 )
 async def test_json_the_database_cannot_store_gets_422_on_every_json_route(
@@ -208,7 +222,7 @@ async def test_json_the_database_cannot_store_gets_422_on_every_json_route(
 
         assert response.status_code in (404, 422), (method, path, body, response.text)
         if response.status_code == 422:
-            assert complaint in response.text, (method, path, response.text)
+            assert re.search(complaint, response.text), (method, path, response.text)
 
 
 @pytest.mark.parametrize(

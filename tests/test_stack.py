@@ -102,17 +102,19 @@ async def checks_on_the_topic(monitor_id: str) -> set[str]:
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
+    found: set[str] = set()
     await consumer.start()
     try:
-        batches = await consumer.getmany(timeout_ms=5000)
+        while batches := await consumer.getmany(timeout_ms=3000):
+            found |= {
+                str(json.loads(message.value)["check_id"])
+                for messages in batches.values()
+                for message in messages
+                if message.key == monitor_id.encode()
+            }
     finally:
         await consumer.stop()
-    return {
-        str(json.loads(message.value)["check_id"])
-        for messages in batches.values()
-        for message in messages
-        if message.key == monitor_id.encode()
-    }
+    return found
 
 
 def test_both_api_processes_are_up_in_the_load_balancer(api: httpx.Client) -> None:

@@ -97,3 +97,54 @@ def pdf(page_sizes_pt: list[tuple[float, float]], *, encrypt: bool = False) -> b
         xref_at,
     )
     return bytes(out)
+
+
+def truncated_jpeg(width: int = 15000, height: int = 15000) -> bytes:
+    """A JPEG declaring `width`x`height` whose data stops a tenth of the way in, then ends as a
+    whole file would: decoders warn and fill the rest with grey unless told to fail."""
+    whole = jpeg(width, height)
+    return whole[: len(whole) // 10] + b"\xff\xd9"
+
+
+def _pdf_from_objects(objects: list[bytes], root: int = 1) -> bytes:
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref_at = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        root,
+        xref_at,
+    )
+    return bytes(out)
+
+
+def nested_forms_pdf(depth: int = 20) -> bytes:
+    """A one-page PDF of a few kilobytes whose page draws form 'depth', which draws form
+    'depth - 1' twice, and so on: 2**depth rectangles to paint, seconds to minutes of work."""
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+        b" /Resources << /XObject << /F %d 0 R >> >> >>" % (5 + depth),
+    ]
+    page = b"/F Do"
+    objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(page), page))
+    rectangle = b"0.5 g 10 10 100 100 re f"
+    objects.append(
+        b"<< /Type /XObject /Subtype /Form /BBox [0 0 612 792] /Length %d >>\nstream\n%s\n"
+        b"endstream" % (len(rectangle), rectangle)
+    )
+    twice = b"/F Do /F Do"
+    for level in range(1, depth + 1):
+        objects.append(
+            b"<< /Type /XObject /Subtype /Form /BBox [0 0 612 792]"
+            b" /Resources << /XObject << /F %d 0 R >> >> /Length %d >>\nstream\n%s\nendstream"
+            % (4 + level, len(twice), twice)
+        )
+    return _pdf_from_objects(objects)

@@ -1,6 +1,7 @@
 """Uploading and reading back: type by content, size cap, nothing half-stored, safe downloads."""
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -8,9 +9,12 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
+from prometheus_client import REGISTRY
 
 from errands.config import Settings
 from errands.conversions.api import upload_status
+from errands.core.storage import LocalStorage
 from tests.conversions import samples
 from tests.fixtures.app import RunningApp, serve_app
 
@@ -314,3 +318,149 @@ async def test_files_outside_what_uploads_recorded_cannot_be_read(
             response = await raw.send(request)
             assert response.status_code == status, path
             assert "detail" in response.json(), path
+
+
+async def test_a_stored_file_replaced_by_a_symlink_out_of_the_root_is_404(
+    api: httpx.AsyncClient, settings: Settings
+) -> None:
+    response = await api.post("/uploads", files=[("files", ("a.png", samples.png(8, 8)))])
+    upload = (await api.get(f"/uploads/{response.json()['id']}")).json()
+    path = upload["files"][0]["original_path"]
+    stored = settings.data_dir / path.lstrip("/")
+    secret = settings.data_dir / "secret.txt"
+    secret.write_text("secret")
+    stored.unlink()
+    stored.symlink_to(secret)
+    answer = await api.get(path)
+    assert answer.status_code == 404
+    assert answer.json() == {"detail": f"no file at {path}"}
+
+
+async def test_the_path_an_upload_reports_downloads_as_given_or_under_files(
+    api: httpx.AsyncClient,
+) -> None:
+    content = samples.png(8, 8)
+    response = await api.post("/uploads", files=[("files", ("a.png", content))])
+    upload = (await api.get(f"/uploads/{response.json()['id']}")).json()
+    path = upload["files"][0]["original_path"]
+    assert path.startswith("/files/uploads/")
+    assert (await api.get(path)).content == content
+    # The README's recipe once put the reported path after /files/: that works too.
+    assert (await api.get(f"/files{path}")).content == content
+
+
+async def test_a_client_dropping_its_upload_is_counted_as_an_abort_not_a_500(
+    app: RunningApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    def requests_with(status: str) -> float:
+        labels = {"method": "POST", "status": status, "handler": "/uploads"}
+        return REGISTRY.get_sample_value("http_requests_total", labels) or 0.0
+
+    aborted_before, failed_before = requests_with("499"), requests_with("500")
+    body = multipart_body([(b"b.jpg", samples.jpeg(64, 64) + bytes(300_000))])
+    head = (
+        f"POST /uploads HTTP/1.1\r\nHost: errands\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    host, port = app.base_url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head + body[: len(body) // 2])
+    await writer.drain()
+    await asyncio.sleep(0.2)  # let the server start reading the body
+    writer.transport.abort()
+    await eventually(lambda: requests_with("499") > aborted_before)
+    assert requests_with("500") == failed_before
+    assert not [record for record in caplog.records if record.exc_info], "a traceback was logged"
+
+
+async def post_png(api: httpx.AsyncClient) -> str:
+    response = await api.post("/uploads", files=[("files", ("a.png", samples.png(8, 8)))])
+    assert response.status_code == 200
+    upload_id: str = response.json()["id"]
+    return upload_id
+
+
+async def test_uploads_are_listed_newest_first_a_page_at_a_time(
+    api: httpx.AsyncClient, database_url: str
+) -> None:
+    created = [await post_png(api) for _ in range(5)]
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE upload_files SET status = 'done', due_at = NULL WHERE upload_id = %s",
+            [created[1]],
+        )
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = (await api.get("/uploads", params=params)).json()
+        seen += [upload["id"] for upload in page["uploads"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        # An upload arriving meanwhile does not shift the pages still to come.
+        await post_png(api)
+    assert (pages, seen) == (3, created[::-1])
+
+    done = (await api.get("/uploads", params={"status": "done"})).json()
+    assert [(upload["id"], upload["files_done"]) for upload in done["uploads"]] == [(created[1], 1)]
+    assert done["next_cursor"] is None
+
+    bad = await api.get("/uploads", params={"cursor": "not-a-cursor"})
+    assert bad.status_code == 400
+    assert bad.json() == {"detail": "invalid cursor: pass the next_cursor of a previous page"}
+    assert (await api.get("/uploads", params={"limit": 0})).status_code == 422
+    assert (await api.get("/uploads", params={"status": "lost"})).status_code == 422
+
+
+async def test_deleting_an_upload_removes_its_rows_and_files(
+    api: httpx.AsyncClient, settings: Settings, database_url: str
+) -> None:
+    kept, deleted = await post_png(api), await post_png(api)
+    original = (await api.get(f"/uploads/{deleted}")).json()["files"][0]["original_path"]
+    response = await api.delete(f"/uploads/{deleted}")
+    assert response.status_code == 204
+    assert (await api.get(f"/uploads/{deleted}")).status_code == 404
+    assert (await api.get(original)).status_code == 404
+    assert [path.parent.parent.name for path in stored_files(settings)] == [kept]
+    assert await count_rows(database_url) == (1, 1)
+    again = await api.delete(f"/uploads/{deleted}")
+    assert again.status_code == 404
+    assert again.json() == {"detail": f"no upload with id {deleted}"}
+
+
+async def test_a_sweep_racing_a_live_upload_leaves_it_whole(
+    app: RunningApp, settings: Settings
+) -> None:
+    # A sweeper of its own, as another process on the same disk would have.
+    storage = LocalStorage.under_data_dir(settings.data_dir)
+    content = samples.jpeg(64, 64) + bytes(300_000)
+    body = multipart_body([(b"slow.jpg", content)])
+    sent = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield body[: len(body) // 2]
+        sent.set()
+        await go_on.wait()
+        yield body[len(body) // 2 :]
+
+    upload = asyncio.create_task(
+        app.client.post("/uploads", content=slow_body(), headers=MULTIPART)
+    )
+    await sent.wait()
+    partials = settings.data_dir / "files" / ".partial"
+    await eventually(lambda: any(partials.iterdir()))
+    long_ago = time.time() - 3600
+    for partial in partials.iterdir():
+        os.utime(partial, (long_ago, long_ago))
+    assert await storage.sweep_abandoned_writes(older_than_s=0) == 0
+    go_on.set()
+    response = await upload
+    assert response.status_code == 200
+    stored = (await app.client.get(f"/uploads/{response.json()['id']}")).json()
+    original = await app.client.get(stored["files"][0]["original_path"])
+    assert original.content == content

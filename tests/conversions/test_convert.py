@@ -9,6 +9,7 @@ from errands.conversions.convert import (
     ConversionError,
     FileKind,
     Limits,
+    OutputQuota,
     Page,
     convert_file,
     detect_kind,
@@ -18,14 +19,21 @@ from errands.conversions.convert import (
 from tests.conversions import samples
 
 LIMITS = Limits(max_side=3500, pdf_dpi=150, max_pixels=250_000_000, max_pdf_pages=50)
+ROOMY = OutputQuota(pages=1000, pixels=10**10, bytes=10**9)
 
 
-def convert(tmp_path: Path, content: bytes, kind: FileKind, limits: Limits = LIMITS) -> list[Page]:
+def convert(
+    tmp_path: Path,
+    content: bytes,
+    kind: FileKind,
+    limits: Limits = LIMITS,
+    quota: OutputQuota = ROOMY,
+) -> list[Page]:
     source = tmp_path / "source"
     source.write_bytes(content)
     out = tmp_path / "out"
     out.mkdir()
-    return convert_file(source, kind, out, limits)
+    return convert_file(source, kind, out, limits, quota)
 
 
 def load(tmp_path: Path, page: Page) -> pyvips.Image:
@@ -163,3 +171,49 @@ def test_corrupt_file_is_refused_clearly(
 ) -> None:
     with pytest.raises(ConversionError, match=message):
         convert(tmp_path, content, kind)
+
+
+def test_a_truncated_jpeg_fails_instead_of_coming_out_grey(tmp_path: Path) -> None:
+    # Declares 15000x15000 (under the pixel cap), holds a tenth of the data, ends cleanly.
+    with pytest.raises(ConversionError, match=r"not a readable image: .*Corrupt JPEG data"):
+        convert(tmp_path, samples.truncated_jpeg(), "jpeg")
+
+
+def test_each_page_gets_a_small_preview(tmp_path: Path) -> None:
+    pages = convert(tmp_path, samples.pdf([(612, 792), (100, 50)]), "pdf")
+    assert [page.preview_filename for page in pages] == [
+        "page-0001.preview.png",
+        "page-0002.preview.png",
+    ]
+    previews = [
+        pyvips.Image.new_from_buffer((tmp_path / "out" / page.preview_filename).read_bytes(), "")
+        for page in pages
+    ]
+    # 256 px wide keeping the aspect ratio; a page narrower than that is not enlarged.
+    assert [(preview.width, preview.height) for preview in previews] == [(256, 331), (209, 105)]
+    assert pages[0].size_bytes == (tmp_path / "out" / "page-0001.png").stat().st_size
+
+
+def test_a_pdf_with_more_pages_than_the_quota_leaves_is_refused_before_rendering(
+    tmp_path: Path,
+) -> None:
+    quota = OutputQuota(pages=2, pixels=10**10, bytes=10**9)
+    message = "more pages than ERRANDS_UPLOAD_MAX_OUTPUT_PAGES allows \\(at page 1\\)"
+    with pytest.raises(ConversionError, match=message):
+        convert(tmp_path, samples.pdf([(100, 100)] * 3), "pdf", quota=quota)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_output_quota_of_pixels_and_bytes_stops_at_the_page_that_exceeds_it(
+    tmp_path: Path,
+) -> None:
+    # A US letter page at 150 dpi is 1275x1650 = 2,103,750 pixels.
+    two_pages_of_pixels = OutputQuota(pages=100, pixels=2 * 2_103_750, bytes=10**9)
+    with pytest.raises(ConversionError, match=r"more pixels than .* allows \(at page 3\)"):
+        convert(tmp_path, samples.pdf([(612, 792)] * 5), "pdf", quota=two_pages_of_pixels)
+    assert not (tmp_path / "out" / "page-0003.png").exists()
+
+    (tmp_path / "again").mkdir()
+    few_bytes = OutputQuota(pages=100, pixels=10**10, bytes=100)
+    with pytest.raises(ConversionError, match=r"more bytes than .* allows \(at page 1\)"):
+        convert(tmp_path / "again", samples.png(300, 200), "png", quota=few_bytes)

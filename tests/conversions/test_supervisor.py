@@ -120,6 +120,10 @@ async def test_uploaded_files_become_pngs_with_their_resolutions(settings: Setti
                 assert (png.width, png.height) == (image["width"], image["height"])
                 if file["filename"] == "logo.png":
                     assert png.hasalpha()
+                preview = await app.client.get(image["preview"])
+                assert preview.headers["content-type"] == "image/png"
+                small = pyvips.Image.new_from_buffer(preview.content, "")
+                assert small.width == min(256, image["width"])
 
         images = (await app.client.get(f"/uploads/{upload_id}/images")).json()
         assert len(images["images"]) == 9
@@ -142,6 +146,7 @@ async def test_bad_files_fail_alone_with_a_clear_error(settings: Settings) -> No
             ("locked.pdf", samples.pdf([(612, 792)], encrypt=True)),
             ("poster.pdf", samples.pdf([(612, 792), (72 * 300, 72 * 10)])),
             ("fine.png", samples.png(50, 50)),
+            ("truncated.jpg", samples.truncated_jpeg()),
         )
         upload = await wait_until_finished(app.client, upload_id)
     assert upload["status"] == "failed"
@@ -155,7 +160,9 @@ async def test_bad_files_fail_alone_with_a_clear_error(settings: Settings) -> No
         "page 2 has an unusable size: 300x10 inches",
     )
     assert outcomes["fine.png"] == ("done", None)
-    assert all(file["images"] == [] for file in upload["files"][:4])
+    assert outcomes["truncated.jpg"][0] == "failed"
+    assert "Corrupt JPEG data" in outcomes["truncated.jpg"][1]
+    assert all(file["images"] == [] for file in upload["files"] if file["status"] == "failed")
 
 
 async def test_a_child_out_of_memory_fails_its_file_only(settings: Settings) -> None:
@@ -244,7 +251,7 @@ async def test_stopping_mid_conversion_puts_the_file_back_for_the_next_worker(
     assert (file["status"], file["attempts"], len(file["images"])) == ("done", 1, 60)
 
 
-async def test_a_conversion_over_the_time_limit_is_killed_and_fails_after_its_retry(
+async def test_a_conversion_over_its_time_budget_is_killed_and_fails_at_once(
     settings: Settings,
 ) -> None:
     hurried = settings.model_copy(update={"conversion_timeout_s": 0.3})
@@ -252,9 +259,74 @@ async def test_a_conversion_over_the_time_limit_is_killed_and_fails_after_its_re
         upload_id = await post_upload(app.client, ("pages.pdf", samples.pdf([(612, 792)] * 200)))
         upload = await wait_until_finished(app.client, upload_id)
     [file] = upload["files"]
-    assert (file["status"], file["attempts"], file["images"]) == ("failed", 2, [])
-    assert file["error"] == "conversion took longer than 0.3 s; gave up after 2 attempts"
+    # The budget is the file's to blame, not the machine's: no second attempt.
+    assert (file["status"], file["attempts"], file["images"]) == ("failed", 1, [])
+    assert file["error"] == "conversion took longer than 0.3 s"
     assert conversion_children() == set()
+
+
+async def test_a_page_over_its_time_budget_fails_its_file_and_frees_the_worker(
+    settings: Settings,
+) -> None:
+    # One worker: the slow page must not hold it past its budget (it would take minutes).
+    one_worker = settings.model_copy(
+        update={"conversion_workers": 1, "conversion_page_timeout_s": 3.0}
+    )
+    async with serve_app(one_worker, loops=["conversions"]) as app:
+        slow_id = await post_upload(app.client, ("nested.pdf", samples.nested_forms_pdf()))
+        after_id = await post_upload(app.client, ("after.png", samples.png(40, 30)))
+        slow = await wait_until_finished(app.client, slow_id, within_s=30)
+        after = await wait_until_finished(app.client, after_id, within_s=30)
+    [slow_file] = slow["files"]
+    assert (slow_file["status"], slow_file["attempts"]) == ("failed", 1)
+    assert slow_file["error"] == "page 1 took longer than 3 s to convert"
+    assert after["status"] == "done"
+    assert conversion_children() == set()
+
+
+async def test_the_output_quota_holds_for_the_whole_upload(settings: Settings) -> None:
+    four_pages = settings.model_copy(update={"upload_max_output_pages": 4})
+    async with serve_app(four_pages, loops=["conversions"]) as app:
+        upload_id = await post_upload(
+            app.client,
+            ("first.pdf", samples.pdf([(612, 792)] * 3)),
+            ("second.pdf", samples.pdf([(612, 792)] * 3)),
+        )
+        upload = await wait_until_finished(app.client, upload_id)
+    done, failed = sorted(upload["files"], key=lambda file: file["status"])
+    assert (done["status"], len(done["images"])) == ("done", 3)
+    # Refused by the child (the other file had finished) or when recording (both ran at once).
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith(
+        "output quota of the upload exceeded: more pages than ERRANDS_UPLOAD_MAX_OUTPUT_PAGES"
+    )
+    assert failed["images"] == []
+    # Nothing of the refused file is left in storage but its original.
+    folder = settings.data_dir / "files" / "uploads" / upload_id / failed["id"]
+    assert [path.name for path in folder.iterdir()] == ["original.pdf"]
+
+
+async def test_an_upload_deleted_mid_conversion_leaves_no_file_behind(settings: Settings) -> None:
+    finished_before = sample_value("errands_conversion_duration_seconds_count", {"outcome": "done"})
+    async with serve_app(settings, loops=["conversions"]) as app:
+        upload_id = await post_upload(app.client, ("pages.pdf", samples.pdf([(612, 792)] * 30)))
+        await wait_for_new_child(set())
+        work = settings.data_dir / "work"
+        deadline = time.monotonic() + 30
+        while not any(work.rglob("page-0001.png")):  # the child is well into the file
+            assert time.monotonic() < deadline, "the conversion did not start"
+            await asyncio.sleep(0.01)
+        assert (await app.client.delete(f"/uploads/{upload_id}")).status_code == 204
+        deadline = time.monotonic() + 30
+        while (
+            sample_value("errands_conversion_duration_seconds_count", {"outcome": "done"})
+            == finished_before
+        ):
+            assert time.monotonic() < deadline, "the conversion did not end"
+            await asyncio.sleep(0.05)
+        assert (await app.client.get(f"/uploads/{upload_id}")).status_code == 404
+    # The PNGs it made were stored, then removed when the record found no upload.
+    assert [path for path in (settings.data_dir / "files").rglob("*") if path.is_file()] == []
 
 
 async def test_a_file_whose_workers_died_twice_is_not_tried_a_third_time(

@@ -1,5 +1,7 @@
 """Local file storage: safe keys only, whole-or-nothing writes, reads and deletes."""
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -87,5 +89,48 @@ async def test_a_symlink_out_of_the_root_is_not_followed(tmp_path: Path) -> None
     outside.mkdir()
     (outside / "key.txt").write_text("secret")
     (tmp_path / "files" / "link").symlink_to(outside)
-    with pytest.raises(InvalidKey):
+    # Not ours, so not there: the same answer as for any key that holds no file.
+    with pytest.raises(StoredFileMissing):
         await storage.read("link/key.txt")
+    with pytest.raises(StoredFileMissing):
+        async with storage.local_copy("link/key.txt"):
+            pass
+
+
+async def test_a_stored_file_replaced_by_a_symlink_out_of_the_root_is_missing(
+    tmp_path: Path,
+) -> None:
+    storage = LocalStorage.under_data_dir(tmp_path)
+    writer = await storage.open_write("uploads/u1/original.png")
+    await writer.commit()
+    stored = tmp_path / "files" / "uploads" / "u1" / "original.png"
+    stored.unlink()
+    (tmp_path / "secret.txt").write_text("secret")
+    stored.symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(StoredFileMissing):
+        await storage.read("uploads/u1/original.png")
+
+
+async def test_a_sweep_removes_abandoned_partial_files_but_never_a_live_write(
+    tmp_path: Path,
+) -> None:
+    storage = LocalStorage.under_data_dir(tmp_path)
+    partials = tmp_path / "files" / ".partial"
+    live = await storage.open_write("uploads/u1/original.png")
+    await live.write(b"still arriving")
+    abandoned = partials / "left-by-a-killed-process"
+    abandoned.write_bytes(b"half a file")
+    long_ago = time.time() - 3600
+    for path in partials.iterdir():
+        os.utime(path, (long_ago, long_ago))  # both look old: only the lock tells them apart
+
+    assert await storage.sweep_abandoned_writes(older_than_s=60) == 1
+    assert not abandoned.exists()
+    await live.write(b", and done")
+    await live.commit()
+    assert await read_all(storage, "uploads/u1/original.png") == b"still arriving, and done"
+
+    young = partials / "just-written"
+    young.write_bytes(b"x")
+    assert await storage.sweep_abandoned_writes(older_than_s=60) == 0
+    assert young.exists()

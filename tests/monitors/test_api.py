@@ -237,3 +237,163 @@ async def test_uptime_without_checks_has_no_percentage(api: httpx.AsyncClient) -
         assert body["checks"] == 0
         assert body["uptime_pct"] is None
         assert body["p50_ms"] is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "detail"),
+    [
+        ({"failure_threshold": 0}, "greater than or equal to 1"),
+        ({"success_threshold": 101}, "less than or equal to 100"),
+        ({"expected_status": "200-"}, "invalid expected_status"),
+        ({"expected_status": "299-200"}, "ends before it starts"),
+        ({"expected_status": "600x"}, "invalid expected_status"),
+        ({"max_response_ms": 0}, "greater than 0"),
+        ({"max_response_ms": 20_000, "timeout_s": 10}, "max_response_ms"),
+        ({"regex_mode": "sometimes"}, "must_match"),
+        ({"tls_expiry_days": -1}, "greater than or equal to 0"),
+        ({"channels": ["not-a-uuid"]}, "uuid"),
+        ({"paused": "perhaps"}, "bool"),
+        ({"name": ""}, "at least 1"),
+    ],
+)
+async def test_invalid_alert_settings_are_refused(
+    api: httpx.AsyncClient, fields: dict[str, object], detail: str
+) -> None:
+    response = await api.post(
+        "/monitors", json={"url": "https://example.com/", "interval_s": 60, **fields}
+    )
+    assert response.status_code == 422
+    assert detail in str(response.json()["detail"])
+    assert (await api.get("/monitors")).json() == []
+
+
+async def test_alert_settings_have_defaults_and_can_be_changed(api: httpx.AsyncClient) -> None:
+    monitor = await create(api, url="https://example.com/status")
+    assert monitor["name"] == "example.com"
+    assert monitor["failure_threshold"] == 3
+    assert monitor["success_threshold"] == 1
+    assert monitor["expected_status"] == "200-399"
+    assert monitor["regex_mode"] == "must_match"
+    assert monitor["tls_expiry_days"] == 14
+    assert (monitor["max_response_ms"], monitor["paused"], monitor["public"]) == (
+        None,
+        False,
+        False,
+    )
+    assert monitor["state"] == "new"
+    changed = await api.patch(
+        f"/monitors/{monitor['id']}",
+        json={"name": "Status page", "expected_status": "200, 301-302", "paused": True},
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["name"] == "Status page"
+    assert changed.json()["expected_status"] == "200,301-302"
+    assert changed.json()["next_check_at"] is None  # paused: not checked
+    resumed = await api.patch(f"/monitors/{monitor['id']}", json={"paused": False, "name": None})
+    assert resumed.json()["next_check_at"] is not None
+    assert resumed.json()["name"] == "example.com"
+    assert (await api.patch(f"/monitors/{monitor['id']}", json={"paused": None})).status_code == 422
+
+
+async def test_tcp_monitors_are_accepted_and_checked_for_shape(api: httpx.AsyncClient) -> None:
+    monitor = await create(api, url="tcp://db.example.com:5432")
+    assert monitor["name"] == "db.example.com"
+    for bad in ("tcp://db.example.com", "tcp://db.example.com:5432/path", "tcp://:5432"):
+        response = await api.post("/monitors", json={"url": bad, "interval_s": 60})
+        assert response.status_code == 422, bad
+    with_regex = await api.post(
+        "/monitors", json={"url": "tcp://db.example.com:5433", "interval_s": 60, "regex": "x"}
+    )
+    assert with_regex.status_code == 422
+
+
+async def test_credentials_in_a_url_are_masked_in_every_answer(api: httpx.AsyncClient) -> None:
+    secret_url = "https://alice:s3cret@example.com/private"
+    monitor = await create(api, url=secret_url)
+    assert monitor["url"] == "https://***@example.com/private"
+    answers = [
+        await api.get("/monitors"),
+        await api.get(f"/monitors/{monitor['id']}"),
+        await api.patch(f"/monitors/{monitor['id']}", json={"interval_s": 30}),
+        await api.post("/monitors", json={"url": secret_url, "interval_s": 60}),
+    ]
+    for answer in answers:
+        assert "s3cret" not in answer.text and "alice" not in answer.text, answer.text
+
+
+async def test_a_duplicate_url_names_the_monitor_that_has_it(api: httpx.AsyncClient) -> None:
+    first = await create(api, url="https://example.com/")
+    again = await api.post("/monitors", json={"url": "https://example.com/", "interval_s": 30})
+    assert again.status_code == 409
+    assert first["id"] in again.json()["detail"]
+    other = await create(api, url="https://example.org/")
+    clash = await api.patch(f"/monitors/{other['id']}", json={"url": "https://example.com/"})
+    assert clash.status_code == 409
+    assert first["id"] in clash.json()["detail"]
+
+
+async def test_maintenance_windows_are_stored_and_counted_in_uptime(
+    api: httpx.AsyncClient, resources: Resources
+) -> None:
+    monitor = await create(api, url="https://example.com/")
+    now = datetime.now(UTC)
+    one_off = await api.post(
+        "/maintenance",
+        json={
+            "monitors": [monitor["id"]],
+            "starts_at": (now - timedelta(minutes=30)).isoformat(),
+            "ends_at": (now - timedelta(minutes=20)).isoformat(),
+        },
+    )
+    assert one_off.status_code == 201, one_off.text
+    everyone = await api.post(
+        "/maintenance", json={"monitors": "all", "cron": "0 * * * *", "duration_s": 60}
+    )
+    assert everyone.status_code == 201, everyone.text
+    assert everyone.json()["monitors"] == "all"
+    listed = (await api.get("/maintenance")).json()
+    assert {window["id"] for window in listed} == {one_off.json()["id"], everyone.json()["id"]}
+
+    hour = (await api.get(f"/monitors/{monitor['id']}/uptime", params={"window": "1h"})).json()
+    # Ten one-off minutes, plus the hourly minute that fell inside the last hour (if its start
+    # was more than a minute ago, all of it; otherwise the part so far).
+    assert 600 <= hour["maintenance_s"] <= 660
+    assert (await api.delete(f"/maintenance/{one_off.json()['id']}")).status_code == 204
+    assert (await api.delete(f"/maintenance/{one_off.json()['id']}")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"monitors": "all", "starts_at": "2026-12-02T02:00:00Z"}, "needs starts_at and ends_at"),
+        (
+            {
+                "monitors": "all",
+                "starts_at": "2026-12-02T02:00:00Z",
+                "ends_at": "2026-12-02T01:00:00Z",
+            },
+            "ends_at must be after starts_at",
+        ),
+        ({"monitors": "all", "cron": "61 * * * *", "duration_s": 60}, "not a valid"),
+        ({"monitors": "all", "cron": "* * * * *", "duration_s": 60}, "once an hour"),
+        ({"monitors": "all", "cron": "0 3 * * *"}, "needs duration_s"),
+        ({"monitors": [], "cron": "0 3 * * *", "duration_s": 60}, "1 to 1000"),
+        ({"monitors": "some", "cron": "0 3 * * *", "duration_s": 60}, "all"),
+    ],
+)
+async def test_bad_maintenance_windows_are_refused(
+    api: httpx.AsyncClient, body: dict[str, object], detail: str
+) -> None:
+    response = await api.post("/maintenance", json=body)
+    assert response.status_code == 422
+    assert detail in str(response.json()["detail"])
+
+
+async def test_a_window_for_an_unknown_monitor_is_refused(api: httpx.AsyncClient) -> None:
+    missing = str(uuid.uuid4())
+    response = await api.post(
+        "/maintenance", json={"monitors": [missing], "cron": "0 3 * * *", "duration_s": 600}
+    )
+    assert response.status_code == 422
+    assert missing in response.json()["detail"]
+    assert (await api.get("/maintenance")).json() == []

@@ -1,16 +1,23 @@
 """The checker: what one check records, and the loop that schedules checks across workers."""
 
 import asyncio
+import socket
+import ssl
+import time
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trustme
+from aiohttp import web
 
 from errands.core.bus import MemoryBus
 from errands.core.db import Pool
+from errands.core.http import GuardedClient
 from errands.core.resources import Resources
 from errands.monitors.checker import check_site, run_checker
 from errands.monitors.results import decode_check
@@ -18,13 +25,23 @@ from tests.fixtures.app import serve_app
 from tests.fixtures.targets import TargetServer
 
 
-def monitor(url: str, *, regex: str | None = None, method: str = "GET", timeout_s: float = 5):
+def monitor(
+    url: str,
+    *,
+    regex: str | None = None,
+    method: str = "GET",
+    timeout_s: float = 5,
+    expected_status: str = "200-399",
+    regex_mode: str = "must_match",
+) -> dict[str, Any]:
     return {
         "id": uuid.uuid4(),
         "url": url,
         "method": method,
         "regex": regex,
         "timeout_s": timeout_s,
+        "expected_status": expected_status,
+        "regex_mode": regex_mode,
     }
 
 
@@ -229,3 +246,146 @@ async def test_end_to_end_through_the_in_process_bus(
         assert uptime["checks"] >= 1
         assert uptime["uptime_pct"] == 100.0
         assert uptime["p50_ms"] is not None
+
+
+async def test_the_expected_status_decides_what_is_up(
+    resources: Resources, target_server: TargetServer
+) -> None:
+    url = target_server.route("/gone", status=410)
+    default = await check_site(resources.http, monitor(url), regex_timeout_s=1)
+    expected = await check_site(
+        resources.http, monitor(url, expected_status="200-299,410"), regex_timeout_s=1
+    )
+    assert (default.up, expected.up) == (False, True)
+    ok = target_server.route("/ok")
+    strict = await check_site(resources.http, monitor(ok, expected_status="204"), regex_timeout_s=1)
+    assert strict.up is False
+
+
+async def test_must_not_match_is_up_only_without_the_pattern(
+    resources: Resources, target_server: TargetServer
+) -> None:
+    url = target_server.route("/page", body=b"Service Unavailable")
+    found = await check_site(
+        resources.http,
+        monitor(url, regex="Unavailable", regex_mode="must_not_match"),
+        regex_timeout_s=1,
+    )
+    absent = await check_site(
+        resources.http,
+        monitor(url, regex="Maintenance", regex_mode="must_not_match"),
+        regex_timeout_s=1,
+    )
+    assert (found.regex_matched, found.up) == (True, False)
+    assert (absent.regex_matched, absent.up) == (False, True)
+
+
+async def test_a_tcp_port_is_up_when_it_accepts_and_down_when_it_refuses(
+    resources: Resources, target_server: TargetServer
+) -> None:
+    listening = await check_site(
+        resources.http, monitor(f"tcp://127.0.0.1:{target_server.port}"), regex_timeout_s=1
+    )
+    assert listening.up is True
+    assert listening.connect_ms is not None and listening.response_time_ms is not None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    refused = await check_site(
+        resources.http, monitor(f"tcp://127.0.0.1:{closed_port}"), regex_timeout_s=1
+    )
+    assert (refused.up, refused.error_kind) == (False, "connect")
+    named = await check_site(
+        resources.http, monitor(f"tcp://localhost.:{target_server.port}"), regex_timeout_s=1
+    )
+    assert named.up is True
+
+
+async def test_tcp_checks_go_through_the_guard(target_server: TargetServer) -> None:
+    async with GuardedClient(allow_private=False) as guarded:
+        result = await check_site(
+            guarded, monitor(f"tcp://127.0.0.1:{target_server.port}"), regex_timeout_s=1
+        )
+        named = await check_site(
+            guarded, monitor(f"tcp://localhost:{target_server.port}"), regex_timeout_s=1
+        )
+    assert (result.up, result.error_kind) == (False, "other")
+    assert "loopback" in (result.error or "")
+    assert (named.up, named.error_kind) == (False, "other")
+    assert target_server.hits == {}
+
+
+async def test_a_trailing_dot_host_is_checked_like_the_host(
+    resources: Resources, target_server: TargetServer
+) -> None:
+    target_server.route("/dot", body=b"fully qualified")
+    url = f"http://localhost.:{target_server.port}/dot"
+    result = await check_site(resources.http, monitor(url, regex="qualified"), regex_timeout_s=1)
+    assert (result.up, result.status_code, result.regex_matched) == (True, 200, True)
+
+
+@pytest.fixture
+def short_lived_tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext, datetime]:
+    """A server context with a certificate for 127.0.0.1 that expires in five days, a client
+    context trusting its authority, and the expiry."""
+    authority = trustme.CA()
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=5)
+    certificate = authority.issue_cert("127.0.0.1", not_after=expires)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(server)
+    client = ssl.create_default_context()
+    authority.configure_trust(client)
+    return server, client, expires
+
+
+async def test_the_certificate_expiry_of_a_tls_target_is_recorded(
+    short_lived_tls: tuple[ssl.SSLContext, ssl.SSLContext, datetime],
+) -> None:
+    server_context, client_context, expires = short_lived_tls
+    app = web.Application()
+
+    async def secure(request: web.Request) -> web.Response:
+        return web.Response(text="secure")
+
+    app.router.add_get("/", secure)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with GuardedClient(allow_private=True, ssl_context=client_context) as client:
+            result = await check_site(
+                client, monitor(f"https://127.0.0.1:{port}/"), regex_timeout_s=1
+            )
+        async with GuardedClient(allow_private=True) as untrusting:
+            refused = await check_site(
+                untrusting, monitor(f"https://127.0.0.1:{port}/"), regex_timeout_s=1
+            )
+    finally:
+        await runner.cleanup()
+    assert result.up is True
+    assert result.tls_expires_at == expires
+    # Without the authority the certificate is not trusted: the check fails instead.
+    assert (refused.up, refused.error_kind) == (False, "tls")
+
+
+async def test_a_catastrophic_regex_does_not_hold_up_the_api(
+    resources: Resources, target_server: TargetServer, app: Any
+) -> None:
+    """While a search that would run for ever works on a 1 MB page, the API still answers:
+    the search runs outside the event loop and stops at its time bound."""
+    url = target_server.route("/huge", body=b"a" * (1024 * 1024 - 1) + b"!")
+    check = asyncio.create_task(
+        check_site(resources.http, monitor(url, regex=r"(a+)+$"), regex_timeout_s=3)
+    )
+    deadline = time.monotonic() + 10
+    while target_server.sent_bytes["/huge"] < 1024 * 1024:
+        assert time.monotonic() < deadline, "the page was never served"
+        await asyncio.sleep(0.01)
+    answered = await app.client.get("/healthz")
+    assert answered.status_code == 200
+    assert not check.done(), "the search ended before /healthz could answer"
+    result = await check
+    assert result.error_kind == "other"
+    assert "regex search took longer" in (result.error or "")

@@ -216,12 +216,12 @@ async def test_concurrent_creations_each_get_their_own_committed_timer(
 @pytest.mark.parametrize(
     ("body", "complaint"),
     [
-        (b"1e400", "inf"),
-        (b'{"hours": 1e400, "url": "https://example.com"}', "inf"),
-        (b'{"url": Infinity}', "inf"),
+        (b"1e400", "the body must be a JSON object"),
+        (b'{"hours": 1e400, "url": "https://example.com"}', "hours: Input should be a valid"),
+        (b'{"url": Infinity}', "url: Input should be a valid string"),
         # JSON may escape half a surrogate pair, which no database text column can hold.
-        (b'{"url": "https://example.com/\\ud800"}', "body.url must not contain unpaired"),
-        (b'{"\\ud800": 1}', "a key in body must not contain unpaired"),
+        (b'{"url": "https://example.com/\\ud800"}', "url must not contain unpaired"),
+        (b'{"\\ud800": 1}', "a key in the body must not contain unpaired"),
     ],
 )
 async def test_json_python_cannot_echo_or_store_is_a_422_not_a_500(
@@ -239,8 +239,9 @@ async def test_an_unknown_field_is_a_422_naming_it_not_a_timer_due_now(
     response = await api.post("/timer", json={"minute": 5, "url": HOOK})
 
     assert response.status_code == 422
-    [problem] = response.json()["detail"]
-    assert problem["loc"] == ["body", "minute"]
+    assert response.json() == {
+        "detail": "minute: unknown field; send only the fields this route documents"
+    }
     assert await timer_rows(pool) == 0
 
 

@@ -1,22 +1,44 @@
 """Conversions: `POST /uploads` stores files and queues them, `GET /uploads/{id}...` reports the
 PNGs made of them, and `GET /files/{path}` downloads any stored original or PNG."""
 
+import base64
+import binascii
+import contextlib
+import json
 import mimetypes
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+import structlog
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from errands.conversions import store
 from errands.conversions.convert import MAGIC_BYTES_NEEDED, detect_kind
-from errands.core.errors import ErrandsError, NotFound, PayloadTooLarge, UnsupportedMediaType
+from errands.core.errors import (
+    ErrandsError,
+    NotFound,
+    PayloadTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from errands.core.http import BlockedTarget
 from errands.core.resources import Resources, get_resources
-from errands.core.storage import InvalidKey, Storage, StoredFileMissing, Writer, check_key
+from errands.core.storage import (
+    InvalidKey,
+    Storage,
+    StorageUnavailable,
+    StoredFileMissing,
+    Writer,
+    check_key,
+)
 
 __all__ = [
     "FileView",
@@ -24,6 +46,7 @@ __all__ = [
     "OriginalView",
     "UploadCreated",
     "UploadImages",
+    "UploadList",
     "UploadOriginals",
     "UploadStatus",
     "UploadView",
@@ -31,9 +54,13 @@ __all__ = [
     "upload_status",
 ]
 
+log = structlog.get_logger(__name__)
+
 router = APIRouter(tags=["conversions"])
 
 FILES_FIELD = "files"
+CALLBACK_FIELD = "callback_url"
+MAX_CALLBACK_URL_CHARS = 2048
 MAX_FILENAME_CHARS = 255
 EXTENSIONS = {"pdf": "pdf", "png": "png", "jpeg": "jpg"}
 
@@ -48,9 +75,24 @@ class Problem(BaseModel):
 NOT_FOUND: dict[int | str, dict[str, object]] = {
     404: {"model": Problem, "description": "No such upload"}
 }
+# Stands for a client that went away mid-request (nginx's convention): logged and counted,
+# never sent, since nobody is left to read it.
+CLIENT_CLOSED_REQUEST = 499
+
+UPLOAD_ID = "6f0c2a4e-8a4b-4d0e-9b8e-2d6f1c9a7b31"
+FILE_ID = "1d2e3f40-5a6b-4c7d-8e9f-0a1b2c3d4e5f"
+PNG_PATH = f"/files/uploads/{UPLOAD_ID}/{FILE_ID}/page-0001.png"
+PREVIEW_PATH = f"/files/uploads/{UPLOAD_ID}/{FILE_ID}/page-0001.preview.png"
+ORIGINAL_PATH = f"/files/uploads/{UPLOAD_ID}/{FILE_ID}/original.pdf"
+
+
+def _example(example: Any) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": [example]})
 
 
 class UploadCreated(BaseModel):
+    model_config = _example({"id": UPLOAD_ID, "status": "queued"})
+
     id: uuid.UUID
     status: Literal["queued"]
 
@@ -60,6 +102,29 @@ class ImageView(BaseModel):
     path: str = Field(description="Where to download the PNG: `GET <path>`.")
     width: int
     height: int
+    preview: str | None = Field(
+        description="Where to download a small preview PNG of the page: `GET <preview>`."
+    )
+
+
+IMAGE_EXAMPLE = {
+    "page": 1,
+    "path": PNG_PATH,
+    "width": 1241,
+    "height": 1754,
+    "preview": PREVIEW_PATH,
+}
+FILE_EXAMPLE = {
+    "id": FILE_ID,
+    "filename": "scan.pdf",
+    "type": "pdf",
+    "size_bytes": 48213,
+    "original_path": ORIGINAL_PATH,
+    "status": "done",
+    "error": None,
+    "attempts": 1,
+    "images": [IMAGE_EXAMPLE],
+}
 
 
 class FileView(BaseModel):
@@ -75,17 +140,48 @@ class FileView(BaseModel):
 
 
 class UploadView(BaseModel):
+    model_config = _example({"id": UPLOAD_ID, "status": "done", "files": [FILE_EXAMPLE]})
+
     id: uuid.UUID
     status: Status
     files: list[FileView]
 
 
+STATUS_EXAMPLE = {
+    "id": UPLOAD_ID,
+    "status": "processing",
+    "files_total": 2,
+    "files_done": 1,
+    "files_failed": 0,
+}
+
+
 class UploadStatus(BaseModel):
+    model_config = _example(STATUS_EXAMPLE)
+
     id: uuid.UUID
     status: Status
     files_total: int
     files_done: int
     files_failed: int
+
+
+class UploadSummary(UploadStatus):
+    created_at: datetime
+
+
+class UploadList(BaseModel):
+    model_config = _example(
+        {
+            "uploads": [STATUS_EXAMPLE | {"created_at": "2026-12-01T23:05:08.412Z"}],
+            "next_cursor": "WyIyMDI2LTEyLTAxVDIzOjA1OjA4LjQxMloiLCAiNmYwYyJd",
+        }
+    )
+
+    uploads: list[UploadSummary] = Field(description="Newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )
 
 
 class FileImage(ImageView):
@@ -94,6 +190,14 @@ class FileImage(ImageView):
 
 
 class UploadImages(BaseModel):
+    model_config = _example(
+        {
+            "id": UPLOAD_ID,
+            "status": "done",
+            "images": [IMAGE_EXAMPLE | {"file_id": FILE_ID, "filename": "scan.pdf"}],
+        }
+    )
+
     id: uuid.UUID
     status: Status
     images: list[FileImage]
@@ -108,6 +212,21 @@ class OriginalView(BaseModel):
 
 
 class UploadOriginals(BaseModel):
+    model_config = _example(
+        {
+            "id": UPLOAD_ID,
+            "originals": [
+                {
+                    "file_id": FILE_ID,
+                    "filename": "scan.pdf",
+                    "type": "pdf",
+                    "size_bytes": 48213,
+                    "path": ORIGINAL_PATH,
+                }
+            ],
+        }
+    )
+
     id: uuid.UUID
     originals: list[OriginalView]
 
@@ -129,8 +248,26 @@ def clean_filename(raw: str) -> str:
     return name[:MAX_FILENAME_CHARS] or "file"
 
 
+FILES_PREFIX = "/files/"
+
+
 def file_path(key: str) -> str:
-    return f"/files/{key}"
+    return f"{FILES_PREFIX}{key}"
+
+
+def encode_cursor(created_at: datetime, upload_id: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(upload_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (created_at, id) a cursor from `encode_cursor` holds; ErrandsError for any other."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, upload_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), uuid.UUID(upload_id)
+    except (binascii.Error, ValueError, TypeError):
+        raise ErrandsError("invalid cursor: pass the next_cursor of a previous page") from None
 
 
 class _IncomingFile:
@@ -194,6 +331,8 @@ class _UploadReader:
         self.max_files = max_files
         self.stored: list[store.NewFile] = []
         self.current: _IncomingFile | None = None
+        self.callback_url: str | None = None
+        self._text: bytearray | None = None  # the callback_url field while it arrives
         self._events: list[tuple[str, bytes]] = []
         self._header_name = b""
         self._header_value = b""
@@ -240,16 +379,30 @@ class _UploadReader:
                 self.current = self._start_part(data)
             elif event == "data" and self.current is not None:
                 await self.current.write(self.storage, data)
+            elif event == "data" and self._text is not None:
+                self._text += data
+                if len(self._text) > MAX_CALLBACK_URL_CHARS:
+                    raise Unprocessable(
+                        f"callback_url is longer than {MAX_CALLBACK_URL_CHARS} characters"
+                    )
             elif event == "end" and self.current is not None:
                 file, self.current = self.current, None
                 self.stored.append(await file.finish(self.storage))
+            elif event == "end" and self._text is not None:
+                self.callback_url, self._text = self._text.decode("utf-8", "replace"), None
 
-    def _start_part(self, disposition: bytes) -> _IncomingFile:
+    def _start_part(self, disposition: bytes) -> _IncomingFile | None:
         _, params = parse_options_header(disposition)
         name = params.get(b"name", b"").decode("utf-8", "replace")
+        if name == CALLBACK_FIELD:
+            if self.callback_url is not None:
+                raise ErrandsError(f"send {CALLBACK_FIELD!r} at most once")
+            self._text = bytearray()
+            return None
         if name != FILES_FIELD:
             raise ErrandsError(
                 f"unexpected form field {name!r}: send each file as a {FILES_FIELD!r} field"
+                f" (and optionally one {CALLBACK_FIELD!r})"
             )
         if len(self.stored) >= self.max_files:
             raise PayloadTooLarge(f"too many files: at most {self.max_files} per upload")
@@ -258,11 +411,37 @@ class _UploadReader:
         return _IncomingFile(self.upload_id, clean_filename(filename))
 
     async def discard(self) -> None:
-        """Remove everything this request stored: the upload is refused as a whole."""
-        if self.current is not None and self.current.writer is not None:
-            await self.current.writer.discard()
+        """Remove everything this request stored: the upload is refused as a whole. With the
+        storage out of reach, what cannot be removed now is left to the sweep of abandoned
+        writes (unfinished multipart uploads) or stays without a row, never served."""
+        with contextlib.suppress(StorageUnavailable):
+            if self.current is not None and self.current.writer is not None:
+                await self.current.writer.discard()
         for file in self.stored:
-            await self.storage.delete(file.original_key)
+            try:
+                await self.storage.delete(file.original_key)
+            except StorageUnavailable:
+                log.warning("upload_file_left_in_storage", key=file.original_key)
+
+
+def check_callback_url(resources: Resources, url: str) -> None:
+    """Refuse a callback URL that is not http(s) with a host, or that the outbound guard would
+    refuse to call (a private address, unless private targets are allowed)."""
+    if not url.isprintable() or " " in url or "\\" in url:
+        raise Unprocessable(
+            "callback_url must not contain spaces, backslashes or control characters"
+        )
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port out of range is a ValueError
+    except ValueError as error:
+        raise Unprocessable(f"callback_url is not a valid URL: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Unprocessable("callback_url must be an http:// or https:// URL with a host")
+    try:
+        resources.http.check_url(url)
+    except BlockedTarget as error:
+        raise Unprocessable(f"callback_url is not allowed: {error}") from None
 
 
 UPLOAD_BODY_DOC = {
@@ -270,6 +449,7 @@ UPLOAD_BODY_DOC = {
         "required": True,
         "content": {
             "multipart/form-data": {
+                "example": {FILES_FIELD: ["<the bytes of scan.pdf>", "<the bytes of photo.jpg>"]},
                 "schema": {
                     "type": "object",
                     "required": [FILES_FIELD],
@@ -277,9 +457,17 @@ UPLOAD_BODY_DOC = {
                         FILES_FIELD: {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
-                        }
+                        },
+                        CALLBACK_FIELD: {
+                            "type": "string",
+                            "format": "uri",
+                            "maxLength": MAX_CALLBACK_URL_CHARS,
+                            "description": "Sent `upload.done` or `upload.failed` (a signed"
+                            " webhook) once every file is done or failed.",
+                            "example": "https://example.com/hooks/uploads",
+                        },
                     },
-                }
+                },
             }
         },
     }
@@ -288,17 +476,22 @@ UPLOAD_BODY_DOC = {
 
 @router.post(
     "/uploads",
+    summary="Upload files to convert",
     response_model=UploadCreated,
     openapi_extra=UPLOAD_BODY_DOC,
     responses={
         400: {"model": Problem, "description": "Not a multipart upload of files"},
         413: {"model": Problem, "description": "Larger than the upload cap"},
         415: {"model": Problem, "description": "A file is not a PDF, PNG or JPEG"},
+        422: {"model": Problem, "description": "The callback_url cannot be called"},
+        503: {"model": Problem, "description": "The storage is out of reach; nothing was kept"},
     },
 )
-async def create_upload(request: Request, resources: ResourcesDep) -> dict[str, object]:
+async def create_upload(request: Request, resources: ResourcesDep) -> dict[str, object] | Response:
     """Upload one or several PDF, PNG or JPEG files as multipart `files`; answers at once with
-    the upload's id while the files are converted in the background."""
+    the upload's id while the files are converted in the background. With a `callback_url`
+    field, an `upload.done` or `upload.failed` webhook is sent there when every file is done or
+    failed."""
     settings = resources.settings
     content_type, params = parse_options_header(request.headers.get("content-type"))
     boundary = params.get(b"boundary")
@@ -325,10 +518,16 @@ async def create_upload(request: Request, resources: ResourcesDep) -> dict[str, 
         await reader.write_events()
         if reader.current is not None or not reader.stored:
             raise ErrandsError("no complete file in the upload: send one or more 'files'")
-        await store.create_upload(resources.pool, upload_id, reader.stored)
+        if reader.callback_url is not None:
+            check_callback_url(resources, reader.callback_url)
+        await store.create_upload(resources.pool, upload_id, reader.stored, reader.callback_url)
     except FormParserError:
         await reader.discard()
         raise ErrandsError("the multipart body is malformed") from None
+    except ClientDisconnect:
+        await reader.discard()
+        log.info("upload_abandoned", upload_id=str(upload_id), received_bytes=received)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     except BaseException:
         await reader.discard()
         raise
@@ -342,6 +541,16 @@ async def _files_of(resources: Resources, upload_id: uuid.UUID) -> list[store.St
     return files
 
 
+def _image_view(image: store.Image) -> ImageView:
+    return ImageView(
+        page=image.page,
+        path=file_path(image.storage_key),
+        width=image.width,
+        height=image.height,
+        preview=file_path(image.preview_key) if image.preview_key else None,
+    )
+
+
 def _file_view(file: store.StoredFile) -> FileView:
     return FileView(
         id=file.id,
@@ -352,19 +561,66 @@ def _file_view(file: store.StoredFile) -> FileView:
         status=file.status,
         error=file.error,
         attempts=file.attempts,
-        images=[
-            ImageView(
-                page=image.page,
-                path=file_path(image.storage_key),
-                width=image.width,
-                height=image.height,
-            )
-            for image in file.images
-        ],
+        images=[_image_view(image) for image in file.images],
     )
 
 
-@router.get("/uploads/{upload_id}", response_model=UploadView, responses=NOT_FOUND)
+@router.get(
+    "/uploads",
+    summary="List uploads",
+    response_model=UploadList,
+    responses={400: {"model": Problem, "description": "The cursor is not one this API gave"}},
+)
+async def list_uploads(
+    resources: ResourcesDep,
+    status: Annotated[Status | None, Query(description="Only uploads in this status.")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Uploads per page.")] = 20,
+) -> UploadList:
+    """Uploads newest first with their status and counts, a page at a time (keyset
+    pagination: pages stay consistent while new uploads arrive)."""
+    after = decode_cursor(cursor) if cursor else None
+    found = await store.list_uploads(resources.pool, status=status, after=after, limit=limit + 1)
+    page = found[:limit]
+    last = page[-1] if len(found) > limit else None
+    return UploadList(
+        uploads=[
+            UploadSummary(
+                id=upload.id,
+                created_at=upload.created_at,
+                status=upload.status,
+                files_total=upload.files_total,
+                files_done=upload.files_done,
+                files_failed=upload.files_failed,
+            )
+            for upload in page
+        ],
+        next_cursor=encode_cursor(last.created_at, last.id) if last else None,
+    )
+
+
+@router.delete(
+    "/uploads/{upload_id}",
+    summary="Delete an upload",
+    status_code=204,
+    responses={204: {"description": "Deleted with its files"}, **NOT_FOUND},
+)
+async def delete_upload(upload_id: uuid.UUID, resources: ResourcesDep) -> Response:
+    """Delete the upload, its originals, PNGs and previews; a conversion still running for it
+    stops recording and removes what it made."""
+    if not await store.delete_upload(resources.pool, resources.storage, upload_id):
+        raise NotFound(f"no upload with id {upload_id}")
+    return Response(status_code=204)
+
+
+@router.get(
+    "/uploads/{upload_id}",
+    summary="Read an upload",
+    response_model=UploadView,
+    responses=NOT_FOUND,
+)
 async def read_upload(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadView:
     """The upload's status and, per file, its original, status, error and PNGs."""
     files = await _files_of(resources, upload_id)
@@ -375,7 +631,12 @@ async def read_upload(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadVi
     )
 
 
-@router.get("/uploads/{upload_id}/status", response_model=UploadStatus, responses=NOT_FOUND)
+@router.get(
+    "/uploads/{upload_id}/status",
+    summary="Read an upload's status",
+    response_model=UploadStatus,
+    responses=NOT_FOUND,
+)
 async def read_upload_status(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadStatus:
     """Whether processing is done, with counts of files done and failed."""
     files = await _files_of(resources, upload_id)
@@ -388,7 +649,12 @@ async def read_upload_status(upload_id: uuid.UUID, resources: ResourcesDep) -> U
     )
 
 
-@router.get("/uploads/{upload_id}/images", response_model=UploadImages, responses=NOT_FOUND)
+@router.get(
+    "/uploads/{upload_id}/images",
+    summary="List an upload's PNGs",
+    response_model=UploadImages,
+    responses=NOT_FOUND,
+)
 async def read_upload_images(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadImages:
     """Every PNG made so far, in file then page order, with its resolution."""
     files = await _files_of(resources, upload_id)
@@ -396,21 +662,19 @@ async def read_upload_images(upload_id: uuid.UUID, resources: ResourcesDep) -> U
         id=upload_id,
         status=upload_status([file.status for file in files]),
         images=[
-            FileImage(
-                file_id=file.id,
-                filename=file.filename,
-                page=image.page,
-                path=file_path(image.storage_key),
-                width=image.width,
-                height=image.height,
-            )
+            FileImage(file_id=file.id, filename=file.filename, **_image_view(image).model_dump())
             for file in files
             for image in file.images
         ],
     )
 
 
-@router.get("/uploads/{upload_id}/originals", response_model=UploadOriginals, responses=NOT_FOUND)
+@router.get(
+    "/uploads/{upload_id}/originals",
+    summary="List an upload's originals",
+    response_model=UploadOriginals,
+    responses=NOT_FOUND,
+)
 async def read_upload_originals(upload_id: uuid.UUID, resources: ResourcesDep) -> UploadOriginals:
     """Where to download each uploaded file as it was received."""
     files = await _files_of(resources, upload_id)
@@ -431,21 +695,28 @@ async def read_upload_originals(upload_id: uuid.UUID, resources: ResourcesDep) -
 
 @router.get(
     "/files/{path:path}",
+    summary="Download a stored file",
     response_class=StreamingResponse,
     responses={
         200: {"content": {"image/png": {}, "image/jpeg": {}, "application/pdf": {}}},
+        307: {"description": "With ERRANDS_STORAGE_PRESIGN: fetch it from this short-lived URL"},
         400: {"model": Problem, "description": "Not a valid file path"},
         404: {"model": Problem, "description": "No such file"},
+        503: {"model": Problem, "description": "The storage is out of reach"},
     },
 )
-async def download_file(path: str, resources: ResourcesDep) -> StreamingResponse:
-    """Download a stored original or PNG by the path an upload reported."""
+async def download_file(path: str, resources: ResourcesDep) -> Response:
+    """Download a stored original, PNG or preview by the path an upload reported: `GET <path>`
+    (the path starts with `/files/`; `/files/files/...` is taken the same way)."""
     try:
-        key = check_key(path)
+        key = check_key(path.removeprefix(FILES_PREFIX.lstrip("/")))
     except InvalidKey:
         raise ErrandsError(f"invalid file path: {path!r}") from None
     if not await store.is_stored_key(resources.pool, key):
         raise NotFound(f"no file at {file_path(key)}")
+    url = await resources.storage.download_url(key)
+    if url is not None:
+        return RedirectResponse(url, status_code=307)
     try:
         chunks: AsyncIterator[bytes] = await resources.storage.read(key)
     except StoredFileMissing:

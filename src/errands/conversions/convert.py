@@ -1,8 +1,11 @@
-"""Turning one uploaded file into PNGs no larger than a square of `max_side`, and the child-process
-entry point that does it under a memory limit: `python -m errands.conversions.convert`.
+"""Turning one uploaded file into PNGs no larger than a square of `max_side` (each with a small
+preview), and the child-process entry point that does it under a memory limit:
+`python -m errands.conversions.convert`.
 
-The child reads one JSON job on stdin and writes one JSON result on stdout. A file Errands
-refuses (too large, encrypted, corrupt) is a result with an `error`; a crash is the child's exit.
+The child reads one JSON job on stdin and writes JSON lines on stdout: `{"page": n}` as it starts
+each page (so its supervisor can hold every page to a time budget), then one result. A file
+Errands refuses (too large, encrypted, corrupt, over the upload's output quota) is a result with
+an `error`; a crash is the child's exit.
 """
 
 import ctypes
@@ -12,6 +15,7 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +27,7 @@ __all__ = [
     "FileKind",
     "Job",
     "Limits",
+    "OutputQuota",
     "Page",
     "convert_file",
     "detect_kind",
@@ -42,6 +47,7 @@ SIGNATURES: tuple[tuple[bytes, FileKind], ...] = (
 )
 
 POINTS_PER_INCH = 72
+MAX_VIPS_SIDE = 10_000_000
 # A page larger than this (in either direction) is a malformed or hostile file, not a document.
 MAX_PAGE_SIDE_IN = 200
 
@@ -62,16 +68,43 @@ class Limits:
     pdf_dpi: int
     max_pixels: int
     max_pdf_pages: int
+    preview_width: int = 256
+
+
+@dataclass(frozen=True)
+class OutputQuota:
+    """What the file's upload may still produce: PNG pages, their pixels and their bytes."""
+
+    pages: int
+    pixels: int
+    bytes: int
+
+    def exceeded_by(self, pages: int, pixels: int, size_bytes: int) -> str | None:
+        """The error for `pages`, `pixels` and `size_bytes` if they exceed the quota, else None."""
+        for part, used, allowed in (
+            ("pages", pages, self.pages),
+            ("pixels", pixels, self.pixels),
+            ("bytes", size_bytes, self.bytes),
+        ):
+            if used > allowed:
+                setting = f"ERRANDS_UPLOAD_MAX_OUTPUT_{part.upper()}"
+                return f"output quota of the upload exceeded: more {part} than {setting} allows"
+        return None
+
+
+UNLIMITED = OutputQuota(pages=2**62, pixels=2**62, bytes=2**62)
 
 
 @dataclass(frozen=True)
 class Page:
-    """One PNG written for a file: its page number (from 1), file name and size."""
+    """One PNG written for a file: its page number (from 1), file name, size and preview."""
 
     page: int
     filename: str
     width: int
     height: int
+    size_bytes: int
+    preview_filename: str
 
 
 @dataclass(frozen=True)
@@ -81,6 +114,7 @@ class Job:
     out_dir: str
     limits: Limits
     memory_limit_bytes: int
+    quota: OutputQuota = UNLIMITED
 
 
 def detect_kind(head: bytes) -> FileKind | None:
@@ -114,38 +148,102 @@ def pdf_scale(width_pt: float, height_pt: float, dpi: int, max_side: int) -> flo
     return scale
 
 
-def convert_file(source: Path, kind: FileKind, out_dir: Path, limits: Limits) -> list[Page]:
-    """Write the PNGs for `source` into `out_dir` as page-0001.png, page-0002.png, ..."""
+class _Output:
+    """The pages written so far, held to the upload's output quota page by page."""
+
+    def __init__(
+        self, out_dir: Path, limits: Limits, quota: OutputQuota, on_page: Callable[[int], None]
+    ) -> None:
+        self.out_dir = out_dir
+        self.limits = limits
+        self.quota = quota
+        self.start = on_page
+        self.pages: list[Page] = []
+        self.pixels = 0
+        self.bytes = 0
+
+    def check_room(self, number: int, pages: int, width: int, height: int) -> None:
+        """Refuse before rendering what could not fit: `pages` in all, the next `width`x`height`."""
+        exceeded = self.quota.exceeded_by(pages, self.pixels + width * height, self.bytes)
+        if exceeded:
+            raise _over_quota(number, exceeded)
+
+    def save(self, number: int, image: Any) -> None:
+        """Write page `number` as PNG with its preview, then count its bytes against the quota."""
+        import pyvips
+
+        filename, preview_filename = _page_filename(number), _preview_filename(number)
+        path = self.out_dir / filename
+        # Metadata is dropped: an embedded CMYK or 16-bit profile would no longer describe it.
+        image.pngsave(str(path), keep="none")
+        size_bytes = path.stat().st_size
+        self.pixels += image.width * image.height
+        self.bytes += size_bytes
+        exceeded = self.quota.exceeded_by(len(self.pages) + 1, self.pixels, self.bytes)
+        if exceeded:
+            raise _over_quota(number, exceeded)
+        # As wide as asked, whatever the height (the height given is only a bound).
+        preview = pyvips.Image.thumbnail(
+            str(path), self.limits.preview_width, height=MAX_VIPS_SIDE, size="down"
+        )
+        preview.pngsave(str(self.out_dir / preview_filename), keep="none")
+        self.pages.append(
+            Page(number, filename, image.width, image.height, size_bytes, preview_filename)
+        )
+
+
+def _over_quota(number: int, exceeded: str) -> ConversionError:
+    return ConversionError(f"{exceeded} (at page {number})")
+
+
+def convert_file(
+    source: Path,
+    kind: FileKind,
+    out_dir: Path,
+    limits: Limits,
+    quota: OutputQuota = UNLIMITED,
+    on_page: Callable[[int], None] = lambda number: None,
+) -> list[Page]:
+    """Write the PNGs for `source` into `out_dir` as page-0001.png, page-0002.png, ... (and
+    page-0001.preview.png, ...), within what the upload's `quota` leaves; `on_page(n)` is called
+    as page n starts."""
+    output = _Output(out_dir, limits, quota, on_page)
     if kind == "pdf":
-        return _convert_pdf(source, out_dir, limits)
-    return [_convert_image(source, out_dir, limits)]
+        _convert_pdf(source, output)
+    else:
+        output.start(1)
+        _convert_image(source, output)
+    return output.pages
 
 
 def _page_filename(number: int) -> str:
     return f"page-{number:04d}.png"
 
 
-def _convert_image(source: Path, out_dir: Path, limits: Limits) -> Page:
+def _preview_filename(number: int) -> str:
+    return f"page-{number:04d}.preview.png"
+
+
+def _convert_image(source: Path, output: _Output) -> None:
     import pyvips
 
+    limits = output.limits
     try:
         # Opening reads the header only; pixels are decoded later, after the size check.
         header = pyvips.Image.new_from_file(str(source), access="sequential")
         if header.width * header.height > limits.max_pixels:
             raise ConversionError(f"image too large: {header.width}x{header.height}")
         # Shrink-on-load where the format allows it; rotated upright by its EXIF orientation.
+        # Any decoder warning fails the file: a truncated image would otherwise come out grey.
         image = pyvips.Image.thumbnail(
             str(source),
             limits.max_side,
             height=limits.max_side,
             size="down",
-            fail_on="error",
+            fail_on="warning",
         )
-        image = _to_8bit_srgb(image)
-        filename = _page_filename(1)
-        # Metadata is dropped: an embedded CMYK or 16-bit profile would no longer describe it.
-        image.pngsave(str(out_dir / filename), keep="none")
-        return Page(page=1, filename=filename, width=image.width, height=image.height)
+        output.check_room(1, 1, image.width, image.height)
+        output.save(1, _to_8bit_srgb(image))
     except pyvips.Error as error:
         raise _vips_failure(error, "not a readable image") from None
 
@@ -161,10 +259,11 @@ def _to_8bit_srgb(image: Any) -> Any:
     return image
 
 
-def _convert_pdf(source: Path, out_dir: Path, limits: Limits) -> list[Page]:
+def _convert_pdf(source: Path, output: _Output) -> None:
     import pypdfium2 as pdfium
     import pyvips
 
+    limits = output.limits
     try:
         document = pdfium.PdfDocument(str(source))
     except pdfium.PdfiumError as error:
@@ -177,23 +276,23 @@ def _convert_pdf(source: Path, out_dir: Path, limits: Limits) -> list[Page]:
             raise ConversionError("the PDF has no pages")
         if count > limits.max_pdf_pages:
             raise ConversionError(f"too many pages: {count} (at most {limits.max_pdf_pages})")
-        pages = []
         for index in range(count):
             number = index + 1
+            output.start(number)
             page = document[index]
             try:
                 width_pt, height_pt = page.get_size()
                 _check_page_size(number, width_pt, height_pt)
                 scale = pdf_scale(width_pt, height_pt, limits.pdf_dpi, limits.max_side)
+                width, height = (math.ceil(side * scale) for side in (width_pt, height_pt))
+                output.check_room(number, count, width, height)
                 # 4 bytes per pixel keeps rows unpadded, so the buffer maps straight onto vips.
                 bitmap = page.render(scale=scale, rev_byteorder=True, prefer_bgrx=True)
                 try:
                     rgbx = pyvips.Image.new_from_memory(
                         bitmap.buffer, bitmap.width, bitmap.height, 4, "uchar"
                     )
-                    filename = _page_filename(number)
-                    rgbx.extract_band(0, n=3).pngsave(str(out_dir / filename), keep="none")
-                    pages.append(Page(number, filename, bitmap.width, bitmap.height))
+                    output.save(number, rgbx.extract_band(0, n=3))
                 finally:
                     bitmap.close()
             except pdfium.PdfiumError as error:
@@ -202,7 +301,6 @@ def _convert_pdf(source: Path, out_dir: Path, limits: Limits) -> list[Page]:
                 raise _vips_failure(error, f"page {number} cannot be saved") from None
             finally:
                 page.close()
-        return pages
     finally:
         document.close()
 
@@ -236,6 +334,12 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
+def _announce_page(number: int) -> None:
+    """Tell the supervisor that page `number` starts now (its time budget starts with it)."""
+    sys.stdout.write(json.dumps({"page": number}) + "\n")
+    sys.stdout.flush()
+
+
 def job_from_json(text: str) -> Job:
     raw = json.loads(text)
     return Job(
@@ -244,6 +348,7 @@ def job_from_json(text: str) -> Job:
         out_dir=raw["out_dir"],
         limits=Limits(**raw["limits"]),
         memory_limit_bytes=raw["memory_limit_bytes"],
+        quota=OutputQuota(**raw["quota"]),
     )
 
 
@@ -268,14 +373,16 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (job.memory_limit_bytes, job.memory_limit_bytes))
     result: dict[str, Any]
     try:
-        pages = convert_file(Path(job.source), job.kind, Path(job.out_dir), job.limits)
+        pages = convert_file(
+            Path(job.source), job.kind, Path(job.out_dir), job.limits, job.quota, _announce_page
+        )
         result = {"pages": [asdict(page) for page in pages]}
     except ConversionError as error:
         result = {"error": str(error)}
     except MemoryError:
         sys.exit(EXIT_OUT_OF_MEMORY)
     result["peak_rss_bytes"] = _peak_rss_bytes()
-    sys.stdout.write(json.dumps(result))
+    sys.stdout.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,27 +1,38 @@
-"""The SQL of conversions: uploads, their files (the claimable rows) and the PNGs made of them."""
+"""The SQL of conversions: uploads, their files (the claimable rows) and the PNGs made of them,
+and their lifecycle (deletion, retention)."""
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
-from errands.core import claims
+from errands.conversions.convert import OutputQuota
+from errands.core import claims, delivery
 from errands.core.db import Pool
+from errands.core.storage import Storage
 
 __all__ = [
     "CHANNEL",
     "TABLE",
     "Image",
+    "ListedUpload",
     "NewFile",
+    "OutputQuotaExceeded",
     "StoredFile",
     "count_waiting",
     "create_upload",
+    "delete_upload",
+    "expire_uploads",
     "fail_file",
     "files_of_upload",
     "finish_file",
     "is_stored_key",
+    "list_uploads",
+    "output_quota_left",
     "requeue_file",
     "start_file",
 ]
@@ -47,6 +58,8 @@ class Image:
     storage_key: str
     width: int
     height: int
+    size_bytes: int
+    preview_key: str | None
 
 
 @dataclass(frozen=True)
@@ -63,8 +76,8 @@ class StoredFile:
 
 
 INSERT_UPLOAD = """
-    INSERT INTO uploads (id)
-    VALUES (%(id)s)
+    INSERT INTO uploads (id, callback_url)
+    VALUES (%(id)s, %(callback_url)s)
 """
 
 # Due at once: the supervisor claims it as soon as the upload commits.
@@ -76,10 +89,12 @@ INSERT_FILE = """
 """
 
 
-async def create_upload(pool: Pool, upload_id: uuid.UUID, files: Sequence[NewFile]) -> None:
+async def create_upload(
+    pool: Pool, upload_id: uuid.UUID, files: Sequence[NewFile], callback_url: str | None = None
+) -> None:
     """The upload and its files in one transaction, waking the supervisors when it commits."""
     async with pool.connection() as conn, conn.transaction():
-        await conn.execute(INSERT_UPLOAD, {"id": upload_id})
+        await conn.execute(INSERT_UPLOAD, {"id": upload_id, "callback_url": callback_url})
         async with conn.cursor() as cursor:
             await cursor.executemany(
                 INSERT_FILE,
@@ -108,7 +123,8 @@ FILES_OF_UPLOAD = """
            coalesce(
                jsonb_agg(
                    jsonb_build_object('page', i.page, 'storage_key', i.storage_key,
-                                      'width', i.width, 'height', i.height)
+                                      'width', i.width, 'height', i.height,
+                                      'size_bytes', i.size_bytes, 'preview_key', i.preview_key)
                    ORDER BY i.page
                ) FILTER (WHERE i.page IS NOT NULL),
                '[]'::jsonb
@@ -148,7 +164,8 @@ async def files_of_upload(pool: Pool, upload_id: uuid.UUID) -> list[StoredFile] 
 # Only files Errands recorded are served, whatever else lies in the storage.
 IS_STORED_KEY = """
     SELECT EXISTS (SELECT 1 FROM upload_files WHERE original_key = %(key)s)
-        OR EXISTS (SELECT 1 FROM upload_images WHERE storage_key = %(key)s) AS stored
+        OR EXISTS (SELECT 1 FROM upload_images WHERE storage_key = %(key)s)
+        OR EXISTS (SELECT 1 FROM upload_images WHERE preview_key = %(key)s) AS stored
 """
 
 
@@ -183,9 +200,53 @@ DELETE_IMAGES = """
 """
 
 INSERT_IMAGE = """
-    INSERT INTO upload_images (file_id, page, storage_key, width, height)
-    VALUES (%(file_id)s, %(page)s, %(storage_key)s, %(width)s, %(height)s)
+    INSERT INTO upload_images (file_id, page, storage_key, width, height, size_bytes, preview_key)
+    VALUES (%(file_id)s, %(page)s, %(storage_key)s, %(width)s, %(height)s, %(size_bytes)s,
+            %(preview_key)s)
 """
+
+# What the upload's other files produced (a retried file replaces its own images).
+OUTPUT_OF_UPLOAD = """
+    SELECT count(i.page) AS pages,
+           coalesce(sum(i.width::bigint * i.height), 0) AS pixels,
+           coalesce(sum(i.size_bytes), 0) AS bytes
+      FROM upload_files f
+      JOIN upload_images i ON i.file_id = f.id
+     WHERE f.upload_id = %(upload_id)s
+       AND f.id <> %(file_id)s
+"""
+
+# Files of one upload finish one at a time, so two cannot both take the last of its quota.
+LOCK_UPLOAD = """
+    SELECT id FROM uploads WHERE id = %(upload_id)s FOR UPDATE
+"""
+
+
+class OutputQuotaExceeded(Exception):
+    """The file's PNGs would take the upload past its output quota; the message says how."""
+
+
+async def output_quota_left(
+    pool: Pool, upload_id: uuid.UUID, file_id: uuid.UUID, quota: OutputQuota
+) -> OutputQuota:
+    """What `quota` (per upload) leaves for this file after the upload's other files."""
+    async with pool.connection() as conn:
+        used = await _output_of_upload(conn, upload_id, file_id)
+    return OutputQuota(
+        pages=max(0, quota.pages - used.pages),
+        pixels=max(0, quota.pixels - used.pixels),
+        bytes=max(0, quota.bytes - used.bytes),
+    )
+
+
+async def _output_of_upload(
+    conn: Connection, upload_id: uuid.UUID, file_id: uuid.UUID
+) -> OutputQuota:
+    cursor = await conn.execute(OUTPUT_OF_UPLOAD, {"upload_id": upload_id, "file_id": file_id})
+    row = await cursor.fetchone()
+    assert row is not None
+    return OutputQuota(pages=row["pages"], pixels=int(row["pixels"]), bytes=int(row["bytes"]))
+
 
 FINISH_FILE = """
     UPDATE upload_files
@@ -204,10 +265,30 @@ class LeaseLost(Exception):
     """Another worker took the file over; what this one made is not recorded."""
 
 
-async def finish_file(pool: Pool, file_id: uuid.UUID, owner: str, images: list[Image]) -> bool:
-    """Record the file's PNGs and mark it done, all or nothing; False if the lease was lost."""
+async def finish_file(
+    pool: Pool,
+    file_id: uuid.UUID,
+    owner: str,
+    upload_id: uuid.UUID,
+    images: list[Image],
+    quota: OutputQuota,
+) -> bool:
+    """Record the file's PNGs and mark it done, all or nothing; False if the lease was lost
+    (or the upload deleted). Raises OutputQuotaExceeded if the upload's other files, finished
+    meanwhile, leave no room for these PNGs under `quota`."""
     try:
         async with pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(LOCK_UPLOAD, {"upload_id": upload_id})
+            if await cursor.fetchone() is None:
+                return False
+            used = await _output_of_upload(conn, upload_id, file_id)
+            exceeded = quota.exceeded_by(
+                used.pages + len(images),
+                used.pixels + sum(image.width * image.height for image in images),
+                used.bytes + sum(image.size_bytes for image in images),
+            )
+            if exceeded:
+                raise OutputQuotaExceeded(exceeded)
             await conn.execute(DELETE_IMAGES, {"id": file_id})
             async with conn.cursor() as cursor:
                 await cursor.executemany(
@@ -219,24 +300,84 @@ async def finish_file(pool: Pool, file_id: uuid.UUID, owner: str, images: list[I
                             "storage_key": image.storage_key,
                             "width": image.width,
                             "height": image.height,
+                            "size_bytes": image.size_bytes,
+                            "preview_key": image.preview_key,
                         }
                         for image in images
                     ],
                 )
             await _end_file(conn, file_id, owner, "done", None)
+            await _call_back_if_finished(conn, upload_id)
     except LeaseLost:
         return False
     return True
 
 
-async def fail_file(pool: Pool, file_id: uuid.UUID, owner: str, error: str) -> bool:
+async def fail_file(
+    pool: Pool, file_id: uuid.UUID, owner: str, upload_id: uuid.UUID, error: str
+) -> bool:
     """Mark the file failed with the error users see; False if the lease was lost."""
     try:
-        async with pool.connection() as conn:
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(LOCK_UPLOAD, {"upload_id": upload_id})
             await _end_file(conn, file_id, owner, "failed", error)
+            await _call_back_if_finished(conn, upload_id)
     except LeaseLost:
         return False
     return True
+
+
+# Taken once, when no file is left to convert; the upload row is locked by the caller, so of two
+# files finishing at once the second sees the first one's state and only one takes it.
+TAKE_CALLBACK = """
+    UPDATE uploads
+       SET callback_delivery_id = %(delivery_id)s
+     WHERE id = %(upload_id)s
+       AND callback_url IS NOT NULL
+       AND callback_delivery_id IS NULL
+       AND NOT EXISTS (
+             SELECT 1 FROM upload_files
+              WHERE upload_id = %(upload_id)s
+                AND status IN ('queued', 'processing')
+           )
+ RETURNING callback_url
+"""
+
+UPLOAD_COUNTS = """
+    SELECT count(*) AS files_total,
+           count(*) FILTER (WHERE status = 'done') AS files_done,
+           count(*) FILTER (WHERE status = 'failed') AS files_failed
+      FROM upload_files
+     WHERE upload_id = %(upload_id)s
+"""
+
+CALLBACK_SOURCE = "upload"
+
+
+async def _call_back_if_finished(conn: Connection, upload_id: uuid.UUID) -> None:
+    """Queue the upload's `upload.done` / `upload.failed` webhook if this was its last file,
+    in the transaction of that file's change (the outbox pattern)."""
+    delivery_id = uuid.uuid4()
+    cursor = await conn.execute(TAKE_CALLBACK, {"upload_id": upload_id, "delivery_id": delivery_id})
+    taken = await cursor.fetchone()
+    if taken is None:
+        return
+    counts = await (await conn.execute(UPLOAD_COUNTS, {"upload_id": upload_id})).fetchone()
+    assert counts is not None
+    status = "done" if counts["files_done"] == counts["files_total"] else "failed"
+    body = {
+        "type": f"upload.{status}",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "data": {"id": str(upload_id), "status": status, **counts},
+    }
+    await delivery.enqueue(
+        conn,
+        url=taken["callback_url"],
+        body=json.dumps(body).encode(),
+        source=CALLBACK_SOURCE,
+        headers={"Content-Type": "application/json"},
+        delivery_id=delivery_id,
+    )
 
 
 async def _end_file(
@@ -249,13 +390,13 @@ async def _end_file(
         raise LeaseLost(str(file_id))
 
 
-# Back in the queue, due at once and free for any worker: after a crash (the attempt counts) or
-# when the worker stops mid-way (it does not).
+# Back in the queue, free for any worker: after a crash (the attempt counts; due after a delay
+# when the storage was out of reach) or when the worker stops mid-way (it does not).
 REQUEUE_FILE = """
     UPDATE upload_files
        SET status = 'queued',
            attempts = attempts - %(uncounted)s,
-           due_at = now(),
+           due_at = now() + make_interval(secs => %(delay_s)s),
            lease_owner = NULL,
            lease_until = NULL
      WHERE id = %(id)s
@@ -263,10 +404,15 @@ REQUEUE_FILE = """
 """
 
 
-async def requeue_file(pool: Pool, file_id: uuid.UUID, owner: str, *, count_attempt: bool) -> None:
+async def requeue_file(
+    pool: Pool, file_id: uuid.UUID, owner: str, *, count_attempt: bool, delay_s: float = 0.0
+) -> None:
     uncounted = 0 if count_attempt else 1
     async with pool.connection() as conn, conn.transaction():
-        await conn.execute(REQUEUE_FILE, {"id": file_id, "owner": owner, "uncounted": uncounted})
+        await conn.execute(
+            REQUEUE_FILE,
+            {"id": file_id, "owner": owner, "uncounted": uncounted, "delay_s": delay_s},
+        )
         await claims.notify(conn, CHANNEL)
 
 
@@ -284,3 +430,130 @@ async def count_waiting(pool: Pool) -> int:
         cursor = await conn.execute(COUNT_WAITING)
         row = await cursor.fetchone()
     return int(row["waiting"]) if row else 0
+
+
+@dataclass(frozen=True)
+class ListedUpload:
+    id: uuid.UUID
+    created_at: datetime
+    status: str
+    files_total: int
+    files_done: int
+    files_failed: int
+
+
+# Newest first, after the (created_at, id) cursor; the status is summed up from the files the
+# same way `upload_status` does it.
+LIST_UPLOADS = """
+    SELECT u.id, u.created_at, counts.status, counts.files_total, counts.files_done,
+           counts.files_failed
+      FROM uploads u
+     CROSS JOIN LATERAL (
+             SELECT count(*) AS files_total,
+                    count(*) FILTER (WHERE f.status = 'done') AS files_done,
+                    count(*) FILTER (WHERE f.status = 'failed') AS files_failed,
+                    CASE
+                        WHEN bool_and(f.status = 'done') THEN 'done'
+                        WHEN bool_and(f.status = 'queued') THEN 'queued'
+                        WHEN bool_or(f.status IN ('queued', 'processing')) THEN 'processing'
+                        ELSE 'failed'
+                    END AS status
+               FROM upload_files f
+              WHERE f.upload_id = u.id
+           ) AS counts
+     WHERE (%(after_created_at)s::timestamptz IS NULL
+            OR (u.created_at, u.id) < (%(after_created_at)s, %(after_id)s::uuid))
+       AND (%(status)s::text IS NULL OR counts.status = %(status)s)
+     ORDER BY u.created_at DESC, u.id DESC
+     LIMIT %(limit)s
+"""
+
+
+async def list_uploads(
+    pool: Pool,
+    *,
+    status: str | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[ListedUpload]:
+    """Uploads newest first, optionally of one status, after the `after` (created_at, id)."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            LIST_UPLOADS,
+            {
+                "status": status,
+                "after_created_at": after[0] if after else None,
+                "after_id": after[1] if after else None,
+                "limit": limit,
+            },
+        )
+        rows = await cursor.fetchall()
+    return [ListedUpload(**row) for row in rows]
+
+
+# Every key the upload stored: originals, PNGs and previews.
+DELETE_UPLOAD = """
+    WITH keys AS (
+        SELECT f.original_key AS key FROM upload_files f WHERE f.upload_id = %(id)s
+        UNION ALL
+        SELECT i.storage_key FROM upload_files f JOIN upload_images i ON i.file_id = f.id
+         WHERE f.upload_id = %(id)s
+        UNION ALL
+        SELECT i.preview_key FROM upload_files f JOIN upload_images i ON i.file_id = f.id
+         WHERE f.upload_id = %(id)s AND i.preview_key IS NOT NULL
+    ), deleted AS (
+        DELETE FROM uploads WHERE id = %(id)s RETURNING id
+    )
+    SELECT (SELECT count(*) FROM deleted) AS deleted, array(SELECT key FROM keys) AS keys
+"""
+
+
+async def delete_upload(pool: Pool, storage: Storage, upload_id: uuid.UUID) -> bool:
+    """Delete the upload's rows, then its stored files; False if there is no such upload.
+
+    The rows go first: once they are gone nothing serves the files, and a conversion still
+    running for the upload loses its claim and removes what it made.
+    """
+    async with pool.connection() as conn, conn.transaction():
+        cursor = await conn.execute(DELETE_UPLOAD, {"id": upload_id})
+        row = await cursor.fetchone()
+    assert row is not None
+    if not row["deleted"]:
+        return False
+    for key in row["keys"]:
+        await storage.delete(key)
+    return True
+
+
+# Finished uploads (no file queued or processing) created before the cut-off, oldest first.
+EXPIRED_UPLOADS = """
+    SELECT u.id
+      FROM uploads u
+     WHERE u.created_at < now() - %(retention)s
+       AND NOT EXISTS (
+             SELECT 1 FROM upload_files f
+              WHERE f.upload_id = u.id AND f.status IN ('queued', 'processing')
+           )
+     ORDER BY u.created_at
+     LIMIT %(limit)s
+"""
+
+EXPIRE_BATCH = 100
+
+
+async def expire_uploads(pool: Pool, storage: Storage, retention: timedelta) -> int:
+    """Delete finished uploads older than `retention` with their files; how many went.
+
+    Called by the sweeper loop; works in batches, so one call never holds much at once.
+    """
+    removed = 0
+    while True:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                EXPIRED_UPLOADS, {"retention": retention, "limit": EXPIRE_BATCH}
+            )
+            expired = [row["id"] for row in await cursor.fetchall()]
+        for upload_id in expired:
+            removed += await delete_upload(pool, storage, upload_id)
+        if len(expired) < EXPIRE_BATCH:
+            return removed

@@ -19,10 +19,17 @@ import structlog
 
 from errands.config import Settings
 from errands.conversions import store
-from errands.conversions.convert import EXIT_OUT_OF_MEMORY, Job, Limits, job_to_json
+from errands.conversions.convert import (
+    EXIT_OUT_OF_MEMORY,
+    UNLIMITED,
+    Job,
+    Limits,
+    OutputQuota,
+    job_to_json,
+)
 from errands.core import claims, metrics
 from errands.core.resources import Resources
-from errands.core.storage import StoredFileMissing
+from errands.core.storage import StorageUnavailable, StoredFileMissing
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -31,6 +38,7 @@ __all__ = [
     "child_job",
     "convert_uploaded_files",
     "run_child",
+    "upload_output_quota",
 ]
 
 log = structlog.get_logger(__name__)
@@ -39,9 +47,13 @@ log = structlog.get_logger(__name__)
 # file's); a second crash fails the file.
 MAX_ATTEMPTS = 2
 QUEUE_DEPTH_INTERVAL_S = 5.0
+# Writes in progress are locked and never swept; the age only covers a file's first instant.
+ABANDONED_WRITE_AGE_S = 60.0
 POLL_INTERVAL_S = 1.0
 STDERR_TAIL_CHARS = 500
 MAX_CHILD_THREADS = 8
+# The result line lists every page; 500 pages of JSON fit many times over.
+CHILD_LINE_LIMIT_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,7 @@ class Refused:
 @dataclass(frozen=True)
 class Crashed:
     reason: str
+    retry_after_s: float = 0.0
 
 
 Outcome = Converted | Refused | Crashed
@@ -79,6 +92,7 @@ async def convert_uploaded_files(resources: Resources, stop: asyncio.Event) -> N
     work_dir = settings.data_dir / "work"
     work_dir.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(_remove_abandoned_work, work_dir, 2 * settings.conversion_timeout_s)
+    await resources.storage.sweep_abandoned_writes(ABANDONED_WRITE_AGE_S)
 
     async def convert_claimed(row: claims.Row) -> None:
         await convert_one_file(resources, owner, work_dir, row)
@@ -121,31 +135,29 @@ async def convert_one_file(
     if attempts > MAX_ATTEMPTS:
         # Earlier attempts ended with their whole worker gone: no third chance.
         await store.fail_file(
-            pool, file_id, owner, f"conversion did not finish after {MAX_ATTEMPTS} attempts"
+            pool,
+            file_id,
+            owner,
+            row["upload_id"],
+            f"conversion did not finish after {MAX_ATTEMPTS} attempts",
         )
         return
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(dir=work_dir) as out_dir:
+            quota = await store.output_quota_left(
+                pool, row["upload_id"], file_id, upload_output_quota(settings)
+            )
             try:
                 async with storage.local_copy(row["original_key"]) as source:
-                    outcome = await run_child(settings, source, row["kind"], Path(out_dir))
+                    outcome = await run_child(settings, source, row["kind"], Path(out_dir), quota)
+                if isinstance(outcome, Converted):
+                    outcome = await _record_pages(resources, owner, row, Path(out_dir), outcome)
             except StoredFileMissing:
                 outcome = Refused("the original file is missing from storage", 0)
-            if isinstance(outcome, Converted):
-                images = []
-                for page in outcome.pages:
-                    key = f"uploads/{row['upload_id']}/{file_id}/{page['filename']}"
-                    await storage.put_file(key, Path(out_dir) / str(page["filename"]))
-                    images.append(
-                        store.Image(
-                            page=int(page["page"]),
-                            storage_key=key,
-                            width=int(page["width"]),
-                            height=int(page["height"]),
-                        )
-                    )
-                await store.finish_file(pool, file_id, owner, images)
+            except StorageUnavailable as error:
+                # Likely the storage's outage, not the file's fault: tried again a little later.
+                outcome = Crashed(error.detail, retry_after_s=settings.conversion_storage_retry_s)
     except asyncio.CancelledError:
         # Shutting down: the file goes back to the queue without counting this attempt.
         await store.requeue_file(pool, file_id, owner, count_attempt=False)
@@ -154,19 +166,82 @@ async def convert_one_file(
     if isinstance(outcome, Converted | Refused) and outcome.peak_rss_bytes:
         metrics.CONVERSION_CHILD_PEAK_RSS.observe(outcome.peak_rss_bytes)
     if isinstance(outcome, Refused):
-        await store.fail_file(pool, file_id, owner, outcome.error)
+        await store.fail_file(pool, file_id, owner, row["upload_id"], outcome.error)
     elif isinstance(outcome, Crashed):
         log.warning("conversion_child_crashed", file_id=str(file_id), reason=outcome.reason)
         if attempts < MAX_ATTEMPTS:
-            await store.requeue_file(pool, file_id, owner, count_attempt=True)
+            await store.requeue_file(
+                pool, file_id, owner, count_attempt=True, delay_s=outcome.retry_after_s
+            )
             metrics.CONVERSION_DURATION.labels(outcome="retried").observe(elapsed)
             return
         await store.fail_file(
-            pool, file_id, owner, f"{outcome.reason}; gave up after {attempts} attempts"
+            pool,
+            file_id,
+            owner,
+            row["upload_id"],
+            f"{outcome.reason}; gave up after {attempts} attempts",
         )
     outcome_name = "done" if isinstance(outcome, Converted) else "failed"
     metrics.CONVERSION_DURATION.labels(outcome=outcome_name).observe(elapsed)
     log.info("file_converted", file_id=str(file_id), outcome=outcome_name, seconds=elapsed)
+
+
+def upload_output_quota(settings: Settings) -> OutputQuota:
+    """What one upload may produce in all, from the settings."""
+    return OutputQuota(
+        pages=settings.upload_max_output_pages,
+        pixels=settings.upload_max_output_pixels,
+        bytes=settings.upload_max_output_bytes,
+    )
+
+
+async def _record_pages(
+    resources: Resources, owner: str, row: claims.Row, out_dir: Path, converted: Converted
+) -> Outcome:
+    """Store the PNGs and previews the child made and record them; what was stored is removed
+    again when the record cannot be made (over the upload's quota, or the file taken away)."""
+    pool, storage = resources.pool, resources.storage
+    prefix = f"uploads/{row['upload_id']}/{row['id']}"
+    images = []
+    stored: list[str] = []
+    try:
+        for page in converted.pages:
+            image = store.Image(
+                page=int(page["page"]),
+                storage_key=f"{prefix}/{page['filename']}",
+                width=int(page["width"]),
+                height=int(page["height"]),
+                size_bytes=int(page["size_bytes"]),
+                preview_key=f"{prefix}/{page['preview_filename']}",
+            )
+            for key, filename in (
+                (image.storage_key, page["filename"]),
+                (image.preview_key, page["preview_filename"]),
+            ):
+                assert key is not None
+                stored.append(key)
+                await storage.put_file(key, out_dir / str(filename))
+            images.append(image)
+        quota = upload_output_quota(resources.settings)
+        if await store.finish_file(pool, row["id"], owner, row["upload_id"], images, quota):
+            return converted
+        outcome: Outcome = converted  # another worker or a deletion took it: record nothing
+    except store.OutputQuotaExceeded as exceeded:
+        outcome = Refused(str(exceeded), converted.peak_rss_bytes)
+    except BaseException:
+        await _delete_keys(resources, stored)
+        raise
+    await _delete_keys(resources, stored)
+    return outcome
+
+
+async def _delete_keys(resources: Resources, keys: list[str]) -> None:
+    for key in keys:
+        try:
+            await resources.storage.delete(key)
+        except StorageUnavailable:  # never served without its row; a retry overwrites it
+            log.warning("conversion_output_left_in_storage", key=key)
 
 
 def child_command() -> list[str]:
@@ -186,8 +261,11 @@ def child_environment(settings: Settings) -> dict[str, str]:
     }
 
 
-def child_job(settings: Settings, source: Path, kind: str, out_dir: Path) -> Job:
-    """What a conversion child is asked to do, within the limits `settings` set."""
+def child_job(
+    settings: Settings, source: Path, kind: str, out_dir: Path, quota: OutputQuota = UNLIMITED
+) -> Job:
+    """What a conversion child is asked to do, within the limits `settings` set and what the
+    upload's output `quota` leaves."""
     return Job(
         source=str(source),
         kind=kind,  # type: ignore[arg-type]
@@ -197,31 +275,87 @@ def child_job(settings: Settings, source: Path, kind: str, out_dir: Path) -> Job
             pdf_dpi=settings.pdf_dpi,
             max_pixels=settings.max_pixels,
             max_pdf_pages=settings.max_pdf_pages,
+            preview_width=settings.conversion_preview_width,
         ),
         memory_limit_bytes=settings.conversion_child_memory_mb * 1024 * 1024,
+        quota=quota,
     )
 
 
-async def run_child(settings: Settings, source: Path, kind: str, out_dir: Path) -> Outcome:
-    """Convert `source` into `out_dir` in a new child process and say how it went."""
-    job = child_job(settings, source, kind, out_dir)
+async def run_child(
+    settings: Settings,
+    source: Path,
+    kind: str,
+    out_dir: Path,
+    quota: OutputQuota = UNLIMITED,
+) -> Outcome:
+    """Convert `source` into `out_dir` in a new child process and say how it went.
+
+    Each page must finish within `conversion_page_timeout_s` and the file within
+    `conversion_timeout_s`; a child over either budget is killed and the file refused (the
+    budget is the file's to blame, not the machine's, so it is not tried again).
+    """
+    job = child_job(settings, source, kind, out_dir, quota)
     child = await asyncio.create_subprocess_exec(
         *child_command(),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=child_environment(settings),
+        limit=CHILD_LINE_LIMIT_BYTES,
     )
+    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+    stderr = asyncio.create_task(child.stderr.read())
     try:
-        async with asyncio.timeout(settings.conversion_timeout_s):
-            stdout, stderr = await child.communicate(job_to_json(job).encode())
-    except TimeoutError:
-        await _kill(child)
-        return Crashed(f"conversion took longer than {settings.conversion_timeout_s:g} s")
-    except asyncio.CancelledError:
-        await _kill(child)
-        raise
-    return _outcome(child.returncode, stdout, stderr, settings.conversion_child_memory_mb)
+        # A child that dies before reading its job is told apart by its exit status below.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            child.stdin.write(job_to_json(job).encode())
+            await child.stdin.drain()
+            child.stdin.close()
+        result = await _follow_pages(child.stdout, settings, kind)
+        await child.wait()
+        return _outcome(child.returncode, result, await stderr, settings.conversion_child_memory_mb)
+    except TimeBudgetExceeded as exceeded:
+        return Refused(str(exceeded), 0)
+    finally:
+        await _kill(child)  # stopped, over its budget, or already ended
+        stderr.cancel()
+
+
+class TimeBudgetExceeded(Exception):
+    """A page or the whole file took longer than allowed."""
+
+
+async def _follow_pages(stdout: asyncio.StreamReader, settings: Settings, kind: str) -> bytes:
+    """Read the child's progress lines, holding each page (from its announcement on) and the
+    whole file (from the start, the child's start-up included) to their budgets; return its
+    last line (the result), or b"" if it ended without one."""
+    loop = asyncio.get_running_loop()
+    file_deadline = loop.time() + settings.conversion_timeout_s
+    page: int | None = None
+    while True:
+        deadline = file_deadline
+        if page is not None:
+            deadline = min(deadline, loop.time() + settings.conversion_page_timeout_s)
+        try:
+            async with asyncio.timeout_at(deadline):
+                line = await stdout.readline()
+        except TimeoutError:
+            if page is None or loop.time() >= file_deadline:
+                raise TimeBudgetExceeded(
+                    f"conversion took longer than {settings.conversion_timeout_s:g} s"
+                ) from None
+            what = f"page {page}" if kind == "pdf" else "the image"
+            raise TimeBudgetExceeded(
+                f"{what} took longer than {settings.conversion_page_timeout_s:g} s to convert"
+            ) from None
+        if not line:
+            return b""
+        message = json.loads(line) if line.startswith(b"{") else {}
+        if set(message) == {"page"}:
+            page = int(message["page"])
+            continue
+        return line
 
 
 async def _kill(child: asyncio.subprocess.Process) -> None:

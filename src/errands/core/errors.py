@@ -6,11 +6,16 @@ ErrandsError (400)
  ├── PayloadTooLarge (413)
  ├── UnsupportedMediaType (415)
  └── Unprocessable (422)
+
+Each is answered as `ErrorDetail`, `{"detail": "<message>"}`, the one error body of the API.
 """
+
+from pydantic import BaseModel, Field
 
 __all__ = [
     "Conflict",
     "ErrandsError",
+    "ErrorDetail",
     "NotFound",
     "PayloadTooLarge",
     "Unprocessable",
@@ -44,3 +49,13 @@ class UnsupportedMediaType(ErrandsError):
 
 class Unprocessable(ErrandsError):
     status_code = 422
+
+
+class ErrorDetail(BaseModel):
+    """The body of every 4xx answer (and of a 503): one message a person can act on."""
+
+    detail: str = Field(
+        description="What is wrong and how to put it right; for bad input, each problem "
+        "(at most 10) with the field it is in, separated by '; '.",
+        examples=["hours: Input should be greater than or equal to 0; days: unknown field"],
+    )

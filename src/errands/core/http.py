@@ -5,9 +5,11 @@ Called from a claimed row's handler, a request is refused with claims.LeaseLapse
 OutboundError, so no handler takes it for a failed request) once that row's lease may have lapsed.
 """
 
+import asyncio
 import contextlib
 import ipaddress
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +35,9 @@ __all__ = [
     "OutboundError",
     "OutboundKind",
     "Phases",
+    "TcpConnected",
     "is_blocked_address",
+    "masked_url",
 ]
 
 OutboundKind = Literal[
@@ -91,6 +95,24 @@ class FetchedResponse:
     truncated: bool
     elapsed_ms: float
     phases: Phases
+    peer_certificate: bytes | None = None  # DER, for https: the certificate the server sent
+
+
+@dataclass(frozen=True)
+class TcpConnected:
+    dns_ms: float | None
+    connect_ms: float
+
+
+def masked_url(url: str) -> str:
+    """The URL with any `user:password@` replaced by `***@`, fit to show in an answer or a log."""
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError):
+        return url
+    if parsed.raw_user is None and parsed.raw_password is None:
+        return url
+    return str(parsed.with_user(None)).replace("://", "://***@", 1)
 
 
 def _why_blocked(ip: IPAddress) -> str | None:
@@ -253,6 +275,33 @@ def _translate(error: BaseException, url: URL) -> OutboundError:
     return OutboundError(f"request to {host} failed: {error!r}", kind="other")
 
 
+def _peer_certificate(response: aiohttp.ClientResponse) -> bytes | None:
+    # aiohttp hands the connection back to its pool as soon as a short body has arrived, so the
+    # response's protocol (which it keeps) is where the TLS session can still be read.
+    protocol = response.connection.protocol if response.connection else response._protocol
+    transport = None if protocol is None else protocol.transport
+    if transport is None:
+        return None
+    tls = transport.get_extra_info("ssl_object")
+    if not isinstance(tls, ssl.SSLObject | ssl.SSLSocket):
+        return None
+    der: bytes | None = tls.getpeercert(binary_form=True)
+    return der
+
+
+async def _open_first(addresses: list[ResolveResult], port: int) -> asyncio.StreamWriter:
+    """Connect to the first of the (already checked) addresses that accepts."""
+    failure: OSError | None = None
+    for address in addresses:
+        try:
+            _reader, writer = await asyncio.open_connection(address["host"], port)
+        except OSError as error:
+            failure = error
+            continue
+        return writer
+    raise failure or OSError(f"no address to connect to on port {port}")
+
+
 def _redirected_method(method: str, status: int) -> str:
     # Browsers turn POST into GET on 301/302, and anything but HEAD into GET on 303.
     if status == 303 and method != "HEAD":
@@ -275,8 +324,10 @@ class GuardedClient:
         user_agent: str = "Errands/0.1",
         resolver: AbstractResolver | None = None,
         why_blocked: AddressPolicy = _why_blocked,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._allow_private = allow_private
+        self._ssl_context = ssl_context
         self._why_blocked = why_blocked
         self._max_connections = max_connections
         self._max_body_bytes = max_body_bytes
@@ -307,6 +358,7 @@ class GuardedClient:
             ttl_dns_cache=_DNS_CACHE_TTL_S,
             resolver=self._resolver,
             enable_cleanup_closed=_CLEANUP_CLOSED,
+            ssl=self._ssl_context or True,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -342,9 +394,53 @@ class GuardedClient:
             raise BlockedTarget(f"refused {url!r}: not a valid URL") from error
         self._check(parsed)
 
+    def check_tcp_target(self, url: str) -> tuple[str, int]:
+        """The host and port of a `tcp://host:port` URL, refused as check_url refuses."""
+        try:
+            parsed = URL(url)
+            port = parsed.port
+        except (ValueError, TypeError) as error:
+            raise BlockedTarget(f"refused {url!r}: not a valid URL") from error
+        if parsed.scheme != "tcp" or parsed.explicit_port is None or port is None:
+            raise BlockedTarget(f"refused {url!r}: a TCP target is tcp://host:port")
+        if parsed.path not in ("", "/") or parsed.query_string or parsed.fragment:
+            raise BlockedTarget(f"refused {url!r}: a TCP target has no path, query or fragment")
+        self._check_host(parsed)
+        return (parsed.host or "").removesuffix("."), port
+
+    async def connect_tcp(self, url: str, *, timeout_s: float) -> TcpConnected:
+        """Open a TCP connection to a `tcp://host:port` URL through the guard, then close it."""
+        if self._resolver is None:
+            raise RuntimeError("GuardedClient is not open; use it as `async with client:`")
+        host, port = self.check_tcp_target(url)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):
+                addresses = await self._resolver.resolve(host, port, socket.AF_UNSPEC)
+                resolved = time.perf_counter()
+                dns_ms = None if _parse_ip(host) else round((resolved - started) * 1000, 3)
+                connecting = time.perf_counter()
+                writer = await _open_first(addresses, port)
+                connect_ms = (time.perf_counter() - connecting) * 1000
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        except TimeoutError:
+            raise OutboundError(f"{host}:{port} timed out", kind="timeout") from None
+        except OutboundError:
+            raise
+        except OSError as error:
+            kind: OutboundKind = "dns" if isinstance(error, socket.gaierror) else "connect"
+            what = "could not resolve" if kind == "dns" else "could not connect to"
+            raise OutboundError(f"{what} {host}:{port}", kind=kind) from None
+        return TcpConnected(dns_ms=dns_ms, connect_ms=round(connect_ms, 3))
+
     def _check(self, url: URL) -> None:
         if url.scheme not in _ALLOWED_SCHEMES:
             raise BlockedTarget(f"refused {url}: scheme {url.scheme!r} is not http or https")
+        self._check_host(url)
+
+    def _check_host(self, url: URL) -> None:
         try:
             host = url.host
         except UnicodeError:  # an xn-- label that is not valid punycode
@@ -412,6 +508,7 @@ class GuardedClient:
             timeout_s=timeout_s,
             max_redirects=max_redirects,
         ) as (response, timings):
+            peer_certificate = _peer_certificate(response)
             body = bytearray()
             truncated = False
             while True:
@@ -435,6 +532,7 @@ class GuardedClient:
                 truncated=truncated,
                 elapsed_ms=(time.perf_counter() - started) * 1000,
                 phases=timings.phases(),
+                peer_certificate=peer_certificate,
             )
 
     @contextlib.asynccontextmanager

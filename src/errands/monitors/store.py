@@ -1,15 +1,18 @@
 """The SQL of monitors: the monitors table, the day-partitioned checks and their hourly rollups."""
 
+import itertools
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from errands.core import claims
+from errands.core import claims, delivery
 from errands.core.db import Pool
+from errands.core.errors import Unprocessable
+from errands.monitors import alerts, maintenance
 from errands.monitors.results import (
     HISTOGRAM_SIZE,
     LATENCY_BOUNDS_MS,
@@ -22,16 +25,32 @@ from errands.monitors.results import (
 
 __all__ = [
     "CHANNEL",
+    "Beat",
+    "DailyUptime",
+    "HourlyPoint",
     "MonitorFields",
+    "MonitorPage",
+    "MonitorSummary",
+    "PublicMonitor",
+    "RecentFigures",
+    "RecentIncident",
     "StoredBatch",
     "Uptime",
+    "count_monitor_states",
     "create_monitor",
+    "daily_uptime",
     "delete_monitor",
     "drop_expired",
     "ensure_partitions",
     "get_monitor",
+    "hourly_points",
     "list_monitors",
+    "monitor_page",
+    "public_monitors",
+    "recent_beats",
     "recent_checks",
+    "recent_figures",
+    "recent_incidents",
     "reschedule_checked",
     "save_checks",
     "sync_monitor",
@@ -41,6 +60,7 @@ __all__ = [
 ]
 
 CHANNEL = "errands_monitors"
+DELIVERY_SOURCE = "monitors"
 
 Row = dict[str, Any]
 Connection = psycopg.AsyncConnection[Row]
@@ -53,18 +73,58 @@ class MonitorFields:
     timeout_s: float
     method: str
     regex: str | None
+    name: str | None = None
+    failure_threshold: int = 3
+    success_threshold: int = 1
+    expected_status: str = "200-399"
+    max_response_ms: float | None = None
+    regex_mode: str = "must_match"
+    tls_expiry_days: int = 14
+    paused: bool = False
+    public: bool = False
+    channels: tuple[uuid.UUID, ...] = ()
+
+    def columns(self) -> dict[str, Any]:
+        """The values of the monitors table's own columns (channels live in monitor_channels)."""
+        values = vars(self).copy()
+        del values["channels"]
+        return values
 
 
-# A new or changed monitor is checked at once; its later slots follow from that first one.
+class UnknownChannels(Unprocessable):
+    """A monitor names channels that do not exist."""
+
+
+class UnknownMonitors(Unprocessable):
+    """A maintenance window names monitors that do not exist."""
+
+
+# A new or changed monitor is checked at once (a paused one never); its later slots follow
+# from that first one.
 INSERT_MONITOR = """
-    INSERT INTO monitors (id, url, method, interval_s, timeout_s, regex, due_at)
-    VALUES (%(id)s, %(url)s, %(method)s, %(interval_s)s, %(timeout_s)s, %(regex)s, now())
+    INSERT INTO monitors (
+           id, url, name, method, interval_s, timeout_s, regex, regex_mode, expected_status,
+           max_response_ms, failure_threshold, success_threshold, tls_expiry_days, paused,
+           public, due_at
+    )
+    VALUES (
+           %(id)s, %(url)s, %(name)s, %(method)s, %(interval_s)s, %(timeout_s)s, %(regex)s,
+           %(regex_mode)s, %(expected_status)s, %(max_response_ms)s, %(failure_threshold)s,
+           %(success_threshold)s, %(tls_expiry_days)s, %(paused)s, %(public)s,
+           CASE WHEN %(paused)s THEN NULL ELSE now() END
+    )
     ON CONFLICT (url) DO NOTHING
-    RETURNING id, url, method, interval_s, timeout_s, regex, created_at, updated_at, due_at
+    RETURNING id
 """
 
 SELECT_MONITORS = """
-    SELECT id, url, method, interval_s, timeout_s, regex, created_at, updated_at, due_at
+    SELECT id, url, name, method, interval_s, timeout_s, regex, regex_mode, expected_status,
+           max_response_ms, failure_threshold, success_threshold, tls_expiry_days, paused,
+           public, state, state_since, created_at, updated_at, due_at,
+           ARRAY(SELECT channel_id
+                   FROM monitor_channels
+                  WHERE monitor_id = monitors.id
+                  ORDER BY channel_id) AS channels
       FROM monitors
      ORDER BY created_at, id
      LIMIT %(limit)s
@@ -72,13 +132,25 @@ SELECT_MONITORS = """
 """
 
 SELECT_MONITOR = """
-    SELECT id, url, method, interval_s, timeout_s, regex, created_at, updated_at, due_at
+    SELECT id, url, name, method, interval_s, timeout_s, regex, regex_mode, expected_status,
+           max_response_ms, failure_threshold, success_threshold, tls_expiry_days, paused,
+           public, state, state_since, created_at, updated_at, due_at,
+           ARRAY(SELECT channel_id
+                   FROM monitor_channels
+                  WHERE monitor_id = monitors.id
+                  ORDER BY channel_id) AS channels
       FROM monitors
      WHERE id = %(id)s
 """
 
 SELECT_MONITOR_BY_URL = """
-    SELECT id, url, method, interval_s, timeout_s, regex, created_at, updated_at, due_at
+    SELECT id, url, name, method, interval_s, timeout_s, regex, regex_mode, expected_status,
+           max_response_ms, failure_threshold, success_threshold, tls_expiry_days, paused,
+           public, state, state_since, created_at, updated_at, due_at,
+           ARRAY(SELECT channel_id
+                   FROM monitor_channels
+                  WHERE monitor_id = monitors.id
+                  ORDER BY channel_id) AS channels
       FROM monitors
      WHERE url = %(url)s
        FOR UPDATE
@@ -88,21 +160,54 @@ SELECT_MONITOR_BY_URL = """
 UPDATE_MONITOR = """
     UPDATE monitors
        SET url = %(url)s,
+           name = %(name)s,
            method = %(method)s,
            interval_s = %(interval_s)s,
            timeout_s = %(timeout_s)s,
            regex = %(regex)s,
+           regex_mode = %(regex_mode)s,
+           expected_status = %(expected_status)s,
+           max_response_ms = %(max_response_ms)s,
+           failure_threshold = %(failure_threshold)s,
+           success_threshold = %(success_threshold)s,
+           tls_expiry_days = %(tls_expiry_days)s,
+           paused = %(paused)s,
+           public = %(public)s,
            updated_at = now(),
-           due_at = now(),
+           due_at = CASE WHEN %(paused)s THEN NULL ELSE now() END,
            lease_owner = NULL,
            lease_until = NULL
      WHERE id = %(id)s
- RETURNING id, url, method, interval_s, timeout_s, regex, created_at, updated_at, due_at
+ RETURNING id
+"""
+
+DELETE_MONITOR_CHANNELS = """
+    DELETE FROM monitor_channels
+     WHERE monitor_id = %(id)s
+"""
+
+INSERT_MONITOR_CHANNELS = """
+    INSERT INTO monitor_channels (monitor_id, channel_id)
+    SELECT %(id)s, channels.id
+      FROM channels
+     WHERE channels.id = ANY(%(channels)s)
+"""
+
+SELECT_MONITOR_IDS = """
+    SELECT id
+      FROM monitors
+     WHERE id = ANY(%(ids)s)
 """
 
 DELETE_MONITOR = """
     DELETE FROM monitors
      WHERE id = %(id)s
+"""
+
+DELETE_MONITORS_NOT_LISTED = """
+    DELETE FROM monitors
+     WHERE url <> ALL(%(urls)s)
+ RETURNING url
 """
 
 # The next slot is the first of due_at + k * interval (k >= 1) that is not in the past, so a
@@ -125,14 +230,44 @@ RESCHEDULE_CHECKED = """
 """
 
 
-async def create_monitor(pool: Pool, fields: MonitorFields) -> Row | None:
-    """Insert a monitor and wake the checkers; None when its URL is already monitored."""
-    async with pool.connection() as conn, conn.transaction():
-        cursor = await conn.execute(INSERT_MONITOR, {"id": uuid.uuid4(), **vars(fields)})
-        row = await cursor.fetchone()
-        if row is not None:
-            await claims.notify(conn, CHANNEL)
+async def _set_channels(
+    conn: Connection, monitor_id: uuid.UUID, channels: tuple[uuid.UUID, ...]
+) -> None:
+    await conn.execute(DELETE_MONITOR_CHANNELS, {"id": monitor_id})
+    wanted = sorted(set(channels))
+    if not wanted:
+        return
+    cursor = await conn.execute(INSERT_MONITOR_CHANNELS, {"id": monitor_id, "channels": wanted})
+    if cursor.rowcount != len(wanted):
+        cursor = await conn.execute(SELECT_CHANNEL_IDS, {"ids": wanted})
+        found = {row["id"] for row in await cursor.fetchall()}
+        missing = ", ".join(str(channel) for channel in wanted if channel not in found)
+        raise UnknownChannels(f"no channel {missing}")
+
+
+async def _monitor_row(conn: Connection, monitor_id: uuid.UUID) -> Row:
+    cursor = await conn.execute(SELECT_MONITOR, {"id": monitor_id})
+    row = await cursor.fetchone()
+    assert row is not None  # read in the transaction that wrote it
     return row
+
+
+async def create_monitor(pool: Pool, fields: MonitorFields) -> Row | uuid.UUID:
+    """Insert a monitor and wake the checkers; when its URL is already monitored, return that
+    monitor's id instead. Raises UnknownChannels, writing nothing, for a channel that does
+    not exist."""
+    async with pool.connection() as conn, conn.transaction():
+        cursor = await conn.execute(INSERT_MONITOR, {"id": uuid.uuid4(), **fields.columns()})
+        inserted = await cursor.fetchone()
+        if inserted is None:
+            cursor = await conn.execute(SELECT_MONITOR_BY_URL, {"url": fields.url})
+            existing = await cursor.fetchone()
+            assert existing is not None  # urls are never changed to free one up mid-statement
+            existing_id: uuid.UUID = existing["id"]
+            return existing_id
+        await _set_channels(conn, inserted["id"], fields.channels)
+        await claims.notify(conn, CHANNEL)
+        return await _monitor_row(conn, inserted["id"])
 
 
 async def list_monitors(pool: Pool, limit: int, offset: int) -> list[Row]:
@@ -147,14 +282,23 @@ async def get_monitor(pool: Pool, monitor_id: uuid.UUID) -> Row | None:
         return await cursor.fetchone()
 
 
-async def update_monitor(pool: Pool, monitor_id: uuid.UUID, fields: MonitorFields) -> Row | None:
-    """Replace a monitor's settings; raises psycopg.errors.UniqueViolation on a taken URL."""
-    async with pool.connection() as conn, conn.transaction():
-        cursor = await conn.execute(UPDATE_MONITOR, {"id": monitor_id, **vars(fields)})
+async def monitor_with_url(pool: Pool, url: str) -> uuid.UUID | None:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_MONITOR_BY_URL, {"url": url})
         row = await cursor.fetchone()
-        if row is not None:
-            await claims.notify(conn, CHANNEL)
-    return row
+    return None if row is None else row["id"]
+
+
+async def update_monitor(pool: Pool, monitor_id: uuid.UUID, fields: MonitorFields) -> Row | None:
+    """Replace a monitor's settings; raises psycopg.errors.UniqueViolation on a taken URL and
+    UnknownChannels for a channel that does not exist."""
+    async with pool.connection() as conn, conn.transaction():
+        cursor = await conn.execute(UPDATE_MONITOR, {"id": monitor_id, **fields.columns()})
+        if await cursor.fetchone() is None:
+            return None
+        await _set_channels(conn, monitor_id, fields.channels)
+        await claims.notify(conn, CHANNEL)
+        return await _monitor_row(conn, monitor_id)
 
 
 async def delete_monitor(pool: Pool, monitor_id: uuid.UUID) -> bool:
@@ -164,21 +308,44 @@ async def delete_monitor(pool: Pool, monitor_id: uuid.UUID) -> bool:
         return cursor.rowcount == 1
 
 
-async def sync_monitor(pool: Pool, fields: MonitorFields) -> str:
-    """Insert or update the monitor of `fields.url`: "created", "updated" or "unchanged"."""
-    async with pool.connection() as conn, conn.transaction():
+def _unchanged(current: Row, fields: MonitorFields) -> bool:
+    return all(current[name] == value for name, value in fields.columns().items()) and tuple(
+        current["channels"]
+    ) == tuple(sorted(set(fields.channels)))
+
+
+async def sync_monitor(pool: Pool, fields: MonitorFields, *, dry_run: bool = False) -> str:
+    """Insert or update the monitor of `fields.url`: "created", "updated" or "unchanged".
+    A dry run says which, and rolls the change back."""
+    async with pool.connection() as conn, conn.transaction(force_rollback=dry_run):
         cursor = await conn.execute(SELECT_MONITOR_BY_URL, {"url": fields.url})
         current = await cursor.fetchone()
         if current is None:
-            await conn.execute(INSERT_MONITOR, {"id": uuid.uuid4(), **vars(fields)})
+            monitor_id = uuid.uuid4()
+            await conn.execute(INSERT_MONITOR, {"id": monitor_id, **fields.columns()})
             outcome = "created"
-        elif all(current[name] == value for name, value in vars(fields).items()):
+        elif _unchanged(current, fields):
             return "unchanged"
         else:
-            await conn.execute(UPDATE_MONITOR, {"id": current["id"], **vars(fields)})
+            monitor_id = current["id"]
+            await conn.execute(UPDATE_MONITOR, {"id": monitor_id, **fields.columns()})
             outcome = "updated"
+        await _set_channels(conn, monitor_id, fields.channels)
         await claims.notify(conn, CHANNEL)
     return outcome
+
+
+async def delete_monitors_not_listed(
+    pool: Pool, urls: list[str], *, dry_run: bool = False
+) -> list[str]:
+    """Delete every monitor whose URL is not in `urls`; return their URLs. A dry run rolls the
+    deletion back."""
+    async with pool.connection() as conn, conn.transaction(force_rollback=dry_run):
+        cursor = await conn.execute(DELETE_MONITORS_NOT_LISTED, {"urls": urls})
+        deleted = sorted(row["url"] for row in await cursor.fetchall())
+        if deleted:
+            await claims.notify(conn, CHANNEL)
+    return deleted
 
 
 async def reschedule_checked(
@@ -197,6 +364,198 @@ async def reschedule_checked(
         )
         moved = {row["id"] for row in await cursor.fetchall()}
     return [monitor_id in moved for monitor_id, _ in checked]
+
+
+# --- Channels ------------------------------------------------------------------------------------
+
+INSERT_CHANNEL = """
+    INSERT INTO channels (id, name, kind, target)
+    VALUES (%(id)s, %(name)s, %(kind)s, %(target)s)
+    RETURNING id, name, kind, target, created_at
+"""
+
+SELECT_CHANNELS = """
+    SELECT id, name, kind, target, created_at
+      FROM channels
+     ORDER BY created_at, id
+"""
+
+SELECT_CHANNEL = """
+    SELECT id, name, kind, target, created_at
+      FROM channels
+     WHERE id = %(id)s
+"""
+
+SELECT_CHANNEL_IDS = """
+    SELECT id
+      FROM channels
+     WHERE id = ANY(%(ids)s)
+"""
+
+DELETE_CHANNEL = """
+    DELETE FROM channels
+     WHERE id = %(id)s
+"""
+
+
+async def create_channel(pool: Pool, *, name: str, kind: str, target: str) -> Row:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            INSERT_CHANNEL, {"id": uuid.uuid4(), "name": name, "kind": kind, "target": target}
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return row
+
+
+async def list_channels(pool: Pool) -> list[Row]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_CHANNELS)
+        return await cursor.fetchall()
+
+
+async def get_channel(pool: Pool, channel_id: uuid.UUID) -> Row | None:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_CHANNEL, {"id": channel_id})
+        return await cursor.fetchone()
+
+
+async def enqueue_test(pool: Pool, channel: Row, body: bytes, headers: dict[str, str]) -> uuid.UUID:
+    """Queue one message to the channel, as an alert would be; the delivery's id."""
+    async with pool.connection() as conn, conn.transaction():
+        return await delivery.enqueue(
+            conn,
+            url=channel["target"],
+            body=body,
+            source=DELIVERY_SOURCE,
+            headers=headers,
+            transport="apprise" if channel["kind"] == "apprise" else "http",
+        )
+
+
+async def delete_channel(pool: Pool, channel_id: uuid.UUID) -> bool:
+    """Delete a channel; monitors that named it stop notifying it."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(DELETE_CHANNEL, {"id": channel_id})
+        return cursor.rowcount == 1
+
+
+# --- Maintenance windows ----------------------------------------------------------------------
+
+INSERT_WINDOW = """
+    INSERT INTO maintenance_windows (id, monitor_ids, starts_at, ends_at, cron, duration_s)
+    VALUES (%(id)s, %(monitor_ids)s, %(starts_at)s, %(ends_at)s, %(cron)s, %(duration_s)s)
+    RETURNING id, monitor_ids, starts_at, ends_at, cron, duration_s, created_at
+"""
+
+SELECT_WINDOWS = """
+    SELECT id, monitor_ids, starts_at, ends_at, cron, duration_s, created_at
+      FROM maintenance_windows
+     ORDER BY starts_at, id
+"""
+
+DELETE_WINDOW = """
+    DELETE FROM maintenance_windows
+     WHERE id = %(id)s
+"""
+
+# The windows that may cover a monitor between two times (cron windows are then checked one by
+# one in Python).
+SELECT_WINDOWS_OF = """
+    SELECT id, monitor_ids, starts_at, ends_at, cron, duration_s, created_at
+      FROM maintenance_windows
+     WHERE (monitor_ids IS NULL OR monitor_ids && %(monitor_ids)s::uuid[])
+       AND starts_at < %(until)s
+       AND (ends_at IS NULL OR ends_at > %(since)s)
+"""
+
+
+async def create_window(
+    pool: Pool,
+    *,
+    monitor_ids: list[uuid.UUID] | None,
+    starts_at: datetime,
+    ends_at: datetime | None,
+    cron: str | None,
+    duration_s: int | None,
+) -> Row:
+    """Store a maintenance window; raises UnknownMonitors naming ids that are not monitors."""
+    async with pool.connection() as conn, conn.transaction():
+        if monitor_ids:
+            cursor = await conn.execute(SELECT_MONITOR_IDS, {"ids": monitor_ids})
+            found = {row["id"] for row in await cursor.fetchall()}
+            missing = [str(monitor_id) for monitor_id in monitor_ids if monitor_id not in found]
+            if missing:
+                raise UnknownMonitors(f"no monitor {', '.join(missing)}")
+        cursor = await conn.execute(
+            INSERT_WINDOW,
+            {
+                "id": uuid.uuid4(),
+                "monitor_ids": monitor_ids,
+                "starts_at": starts_at,
+                "ends_at": ends_at,
+                "cron": cron,
+                "duration_s": duration_s,
+            },
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return row
+
+
+async def list_windows(pool: Pool) -> list[Row]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_WINDOWS)
+        return await cursor.fetchall()
+
+
+async def delete_window(pool: Pool, window_id: uuid.UUID) -> bool:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(DELETE_WINDOW, {"id": window_id})
+        return cursor.rowcount == 1
+
+
+async def windows_of(
+    conn: Connection, monitor_ids: list[uuid.UUID], since: datetime, until: datetime
+) -> list[Row]:
+    cursor = await conn.execute(
+        SELECT_WINDOWS_OF, {"monitor_ids": monitor_ids, "since": since, "until": until}
+    )
+    return await cursor.fetchall()
+
+
+async def windows_of_monitor(
+    pool: Pool, monitor_id: uuid.UUID, since: datetime, until: datetime
+) -> list[Row]:
+    async with pool.connection() as conn:
+        return await windows_of(conn, [monitor_id], since, until)
+
+
+# --- Incidents --------------------------------------------------------------------------------
+
+# Failed checks are counted from the checks themselves, between the incident's start and its
+# end (or now): those that were down, and for a degraded incident also those too slow.
+SELECT_INCIDENTS = """
+    SELECT i.id, i.state, i.cause, i.started_at, i.resolved_at,
+           (SELECT count(*)
+              FROM checks AS c
+             WHERE c.monitor_id = i.monitor_id
+               AND c.checked_at >= i.started_at
+               AND c.checked_at <= coalesce(i.resolved_at, now())
+               AND (NOT c.up OR (i.state = 'degraded' AND c.response_time_ms > m.max_response_ms))
+           ) AS failed_checks
+      FROM incidents AS i
+      JOIN monitors AS m ON m.id = i.monitor_id
+     WHERE i.monitor_id = %(monitor_id)s
+     ORDER BY i.started_at DESC
+     LIMIT %(limit)s
+"""
+
+
+async def list_incidents(pool: Pool, monitor_id: uuid.UUID, limit: int) -> list[Row]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_INCIDENTS, {"monitor_id": monitor_id, "limit": limit})
+        return await cursor.fetchall()
 
 
 # --- Check results: day partitions -------------------------------------------------------------
@@ -297,7 +656,20 @@ CREATE_STAGING = """
         status_code      smallint,
         regex_matched    boolean,
         error_kind       text,
-        error            text
+        error            text,
+        accepted         boolean,
+        tls_expires_at   timestamptz
+    ) ON COMMIT DELETE ROWS;
+
+    CREATE TEMPORARY TABLE IF NOT EXISTS checks_stored (
+        monitor_id       uuid,
+        check_id         uuid,
+        checked_at       timestamptz,
+        up               boolean,
+        status_code      smallint,
+        response_time_ms real,
+        error            text,
+        tls_expires_at   timestamptz
     ) ON COMMIT DELETE ROWS
 """
 
@@ -310,7 +682,7 @@ COPY_MESSAGES = "COPY checks_messages (message) FROM STDIN"
 CAST_MESSAGES = """
     INSERT INTO checks_incoming (
            monitor_id, check_id, checked_at, response_time_ms, dns_ms, connect_ms, tls_ms,
-           first_byte_ms, status_code, regex_matched, error_kind, error
+           first_byte_ms, status_code, regex_matched, error_kind, error, accepted, tls_expires_at
     )
     SELECT *
       FROM (SELECT (message ->> 'monitor_id')::uuid AS monitor_id,
@@ -324,10 +696,13 @@ CAST_MESSAGES = """
                    (message ->> 'status_code')::smallint AS status_code,
                    (message ->> 'regex_matched')::boolean AS regex_matched,
                    message ->> 'error_kind' AS error_kind,
-                   message ->> 'error' AS error
+                   message ->> 'error' AS error,
+                   (message ->> 'accepted')::boolean AS accepted,
+                   (message ->> 'tls_expires_at')::timestamptz AS tls_expires_at
               FROM checks_messages
              WHERE message ->> 'schema' = '1'
                AND message ->> 'checked_at' ~ '(Z|[+-]\\d\\d(:?\\d\\d)?)$'
+               AND coalesce(message ->> 'tls_expires_at', 'Z') ~ '(Z|[+-]\\d\\d(:?\\d\\d)?)$'
            ) AS typed
      WHERE monitor_id IS NOT NULL
        AND check_id IS NOT NULL
@@ -339,7 +714,7 @@ CAST_MESSAGES = """
 COPY_DECODED = """
     COPY checks_incoming (
            monitor_id, check_id, checked_at, response_time_ms, dns_ms, connect_ms, tls_ms,
-           first_byte_ms, status_code, regex_matched, error_kind, error
+           first_byte_ms, status_code, regex_matched, error_kind, error, accepted, tls_expires_at
     ) FROM STDIN
 """
 
@@ -349,24 +724,36 @@ STAGED_DAYS = """
      WHERE checked_at BETWEEN %(oldest)s AND %(newest)s
 """
 
-# Only the rows this statement inserted feed the rollups, so a redelivered batch changes
-# neither table. `up` follows results.is_up. An existing rollup adds the new histogram counts
-# element by element.
+# Only the rows this statement inserted feed the rollups and the alert state (through
+# checks_stored), so a redelivered batch changes none of them. `up` follows CheckResult.up: the
+# monitor's own rules' verdict, or results.is_up for messages without one. An existing rollup
+# adds the new histogram counts element by element.
 STORE_STAGED = """
     WITH inserted AS (
         INSERT INTO checks (
                monitor_id, check_id, checked_at, response_time_ms, dns_ms, connect_ms, tls_ms,
-               first_byte_ms, status_code, up, regex_matched, error_kind, error
+               first_byte_ms, status_code, up, regex_matched, error_kind, error, tls_expires_at
         )
         SELECT monitor_id, check_id, checked_at, response_time_ms, dns_ms, connect_ms, tls_ms,
                first_byte_ms, status_code,
-               coalesce(error_kind IS NULL AND status_code < 400 AND regex_matched IS NOT FALSE,
+               coalesce(accepted AND error_kind IS NULL,
+                        error_kind IS NULL AND status_code < 400 AND regex_matched IS NOT FALSE,
                         false),
-               regex_matched, error_kind, error
+               regex_matched, error_kind, error, tls_expires_at
           FROM checks_incoming
          WHERE checked_at BETWEEN %(oldest)s AND %(newest)s
             ON CONFLICT DO NOTHING
-     RETURNING monitor_id, checked_at, up, response_time_ms
+     RETURNING monitor_id, check_id, checked_at, up, status_code, response_time_ms, error,
+               tls_expires_at
+    ),
+    noted AS (
+        INSERT INTO checks_stored (
+               monitor_id, check_id, checked_at, up, status_code, response_time_ms, error,
+               tls_expires_at
+        )
+        SELECT monitor_id, check_id, checked_at, up, status_code, response_time_ms, error,
+               tls_expires_at
+          FROM inserted
     ),
     rolled_up AS (
         INSERT INTO check_rollups AS r (
@@ -430,6 +817,8 @@ def _decoded_row(result: CheckResult) -> tuple[Any, ...]:
         result.regex_matched,
         result.error_kind,
         None if result.error is None else _storable_text(result.error),
+        result.accepted,
+        result.tls_expires_at,
     )
 
 
@@ -494,17 +883,345 @@ async def save_checks(
                 },
             )
             row = await cursor.fetchone()
+            notifications = await _advance_alerts(conn)
+            if notifications:
+                await delivery.enqueue_all(conn, [_delivery_of(item) for item in notifications])
         known_days |= days
     assert row is not None  # a SELECT without FROM returns one row
     inserted = int(row["inserted"])
     return StoredBatch(stored=inserted, skipped=len(values) - int(row["accepted"]))
 
 
+# --- Alert state: decided as checks are stored -------------------------------------------------
+#
+# In the transaction that stores a batch, the checks it inserted (checks_stored) move their
+# monitors' alert state on (alerts.advance). A monitor's new state is written only where it is
+# still the state that was read (Healthchecks' "flip": one writer wins), and the incidents,
+# alerts and delivery rows of its transitions commit with the checks, so a sink that dies
+# anywhere either stored the checks with their alerts or neither.
+
+# The checks just stored of the monitors whose state they can change: a verdict other than the
+# state, a run in progress, or a certificate to warn about. In steady state this is nothing.
+JUDGE_STORED = """
+    WITH judged AS (
+        SELECT m.id AS monitor_id, m.name, m.url, m.state, m.state_since, m.pending_state,
+               m.pending_checks, m.pending_since, m.failure_threshold, m.success_threshold,
+               m.max_response_ms, m.tls_warned_for,
+               s.check_id, s.checked_at, s.status_code, s.response_time_ms, s.error,
+               s.tls_expires_at,
+               CASE WHEN NOT s.up THEN 'down'
+                    WHEN s.response_time_ms > m.max_response_ms THEN 'degraded'
+                    ELSE 'up'
+               END AS verdict,
+               coalesce(s.tls_expires_at < s.checked_at + make_interval(days => m.tls_expiry_days)
+                        AND s.tls_expires_at IS DISTINCT FROM m.tls_warned_for,
+                        false) AS tls_expiring
+          FROM checks_stored AS s
+          JOIN monitors AS m ON m.id = s.monitor_id
+         WHERE NOT m.paused
+    )
+    SELECT *
+      FROM judged
+     WHERE monitor_id IN (SELECT monitor_id
+                            FROM judged
+                           WHERE pending_state IS NOT NULL OR verdict <> state OR tls_expiring)
+     ORDER BY monitor_id, checked_at
+"""
+
+FLIP_STATES = """
+    UPDATE monitors AS m
+       SET state = n.state,
+           state_since = n.state_since,
+           pending_state = n.pending_state,
+           pending_checks = n.pending_checks,
+           pending_since = n.pending_since,
+           tls_warned_for = coalesce(n.tls_warned_for, m.tls_warned_for)
+      FROM unnest(%(ids)s::uuid[], %(old_states)s::text[], %(old_pending_states)s::text[],
+                  %(old_pending_checks)s::integer[], %(states)s::text[],
+                  %(state_sinces)s::timestamptz[], %(pending_states)s::text[],
+                  %(pending_checks)s::integer[], %(pending_sinces)s::timestamptz[],
+                  %(tls_warned_for)s::timestamptz[])
+           AS n(id, old_state, old_pending_state, old_pending_checks, state, state_since,
+                pending_state, pending_checks, pending_since, tls_warned_for)
+     WHERE m.id = n.id
+       AND m.state = n.old_state
+       AND m.pending_state IS NOT DISTINCT FROM n.old_pending_state
+       AND m.pending_checks = n.old_pending_checks
+ RETURNING m.id
+"""
+
+SELECT_OPEN_INCIDENTS = """
+    SELECT id, monitor_id, state, cause, started_at, resolved_at
+      FROM incidents
+     WHERE monitor_id = ANY(%(ids)s)
+       AND resolved_at IS NULL
+"""
+
+SELECT_CHANNELS_OF = """
+    SELECT mc.monitor_id, c.id, c.name, c.kind, c.target
+      FROM monitor_channels AS mc
+      JOIN channels AS c ON c.id = mc.channel_id
+     WHERE mc.monitor_id = ANY(%(ids)s)
+     ORDER BY c.id
+"""
+
+RESOLVE_INCIDENT = """
+    UPDATE incidents
+       SET resolved_at = %(resolved_at)s
+     WHERE id = %(id)s
+"""
+
+INSERT_INCIDENT = """
+    INSERT INTO incidents (id, monitor_id, state, cause, started_at, resolved_at)
+    VALUES (%(id)s, %(monitor_id)s, %(state)s, %(cause)s, %(started_at)s, %(resolved_at)s)
+"""
+
+INSERT_ALERT = """
+    INSERT INTO alerts (id, monitor_id, incident_id, check_id, type, from_state, to_state, held)
+    VALUES (%(id)s, %(monitor_id)s, %(incident_id)s, %(check_id)s, %(type)s, %(from_state)s,
+            %(to_state)s, %(held)s)
+"""
+
+
+@dataclass
+class _Event:
+    """A transition or a certificate warning of one monitor, in check order."""
+
+    kind: alerts.AlertType
+    check: alerts.StoredCheck
+    since: datetime  # when the run of checks that caused it began
+    from_state: alerts.State
+    to_state: alerts.State
+    incident: alerts.Incident | None = None
+
+
+@dataclass
+class _MonitorRun:
+    row: Row
+    before: alerts.AlertState
+    after: alerts.AlertState
+    events: list[_Event]
+    tls_warned_for: datetime | None
+
+
+def _stored_check(row: Row) -> alerts.StoredCheck:
+    return alerts.StoredCheck(
+        check_id=row["check_id"],
+        checked_at=row["checked_at"],
+        verdict=row["verdict"],
+        status_code=row["status_code"],
+        response_time_ms=row["response_time_ms"],
+        error=row["error"],
+        tls_expires_at=row["tls_expires_at"],
+    )
+
+
+def _run_of(rows: list[Row]) -> _MonitorRun:
+    """Move one monitor's state over its new checks, in order."""
+    first = rows[0]
+    before = alerts.AlertState(
+        first["state"],
+        first["state_since"],
+        first["pending_state"],
+        first["pending_checks"],
+        first["pending_since"],
+    )
+    state, events, warned = before, [], None
+    for row in rows:
+        check = _stored_check(row)
+        state, transition = alerts.advance(
+            state,
+            check,
+            failure_threshold=first["failure_threshold"],
+            success_threshold=first["success_threshold"],
+        )
+        if transition is not None:
+            events.append(
+                _Event(
+                    alerts.alert_type(transition),
+                    check,
+                    transition.since,
+                    transition.from_state,
+                    transition.to_state,
+                )
+            )
+        if row["tls_expiring"] and row["tls_expires_at"] != warned:
+            warned = row["tls_expires_at"]
+            kind: alerts.AlertType = "monitor.tls_expiring"
+            events.append(_Event(kind, check, check.checked_at, state.state, state.state))
+    return _MonitorRun(first, before, state, events, warned)
+
+
+async def _flip(conn: Connection, runs: list[_MonitorRun]) -> set[uuid.UUID]:
+    """Write the new states where they are still the ones read; the ids written."""
+    cursor = await conn.execute(
+        FLIP_STATES,
+        {
+            "ids": [run.row["monitor_id"] for run in runs],
+            "old_states": [run.before.state for run in runs],
+            "old_pending_states": [run.before.pending_state for run in runs],
+            "old_pending_checks": [run.before.pending_checks for run in runs],
+            "states": [run.after.state for run in runs],
+            "state_sinces": [run.after.state_since for run in runs],
+            "pending_states": [run.after.pending_state for run in runs],
+            "pending_checks": [run.after.pending_checks for run in runs],
+            "pending_sinces": [run.after.pending_since for run in runs],
+            "tls_warned_for": [run.tls_warned_for for run in runs],
+        },
+    )
+    return {row["id"] for row in await cursor.fetchall()}
+
+
+def _incidents_of(
+    run: _MonitorRun, open_incident: alerts.Incident | None
+) -> tuple[alerts.Incident | None, list[alerts.Incident]]:
+    """Close and open the run's incidents in order: the open one it resolved (if any) and the
+    ones it opened. Each event is given the incident it concerns."""
+    current = open_incident
+    resolved: alerts.Incident | None = None
+    opened: list[alerts.Incident] = []
+    for event in run.events:
+        if event.kind == "monitor.tls_expiring":
+            continue
+        if current is not None:
+            closed = replace(current, resolved_at=event.since)
+            if current is open_incident:
+                resolved = closed
+            else:
+                opened[opened.index(current)] = closed
+            current = None
+            event.incident = closed
+        if event.to_state in ("down", "degraded"):
+            current = alerts.Incident(
+                id=uuid.uuid4(),
+                monitor_id=run.row["monitor_id"],
+                state="down" if event.to_state == "down" else "degraded",
+                cause=alerts.cause_of(event.check, run.row["max_response_ms"]),
+                started_at=event.since,
+                resolved_at=None,
+            )
+            opened.append(current)
+            event.incident = current
+    return resolved, opened
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One alert for one channel."""
+
+    alert_id: uuid.UUID
+    channel: alerts.Channel
+    kind: alerts.AlertType
+    monitor: dict[str, Any]
+    incident: alerts.Incident | None
+    check: alerts.StoredCheck
+
+
+def _delivery_of(notification: Notification) -> delivery.NewDelivery:
+    channel = notification.channel
+    delivery_id = alerts.delivery_id(notification.alert_id, channel.id)
+    if channel.kind == "apprise":
+        text = alerts.notification_text(
+            notification.kind, notification.monitor, notification.incident
+        )
+        return delivery.NewDelivery(
+            url=channel.target,
+            body=text.encode(),
+            source=DELIVERY_SOURCE,
+            id=delivery_id,
+            transport="apprise",
+        )
+    return delivery.NewDelivery(
+        url=channel.target,
+        body=alerts.notification_body(
+            notification.kind, notification.monitor, notification.incident, notification.check
+        ),
+        source=DELIVERY_SOURCE,
+        headers={"Content-Type": "application/json"},
+        id=delivery_id,
+    )
+
+
+async def _advance_alerts(conn: Connection) -> list[Notification]:
+    """Move the alert state of the monitors of the checks just stored; record their incidents
+    and alerts, and return the notifications to enqueue in the same transaction."""
+    cursor = await conn.execute(JUDGE_STORED)
+    rows = await cursor.fetchall()
+    if not rows:
+        return []
+    runs = [
+        _run_of(list(checks))
+        for _, checks in itertools.groupby(rows, key=lambda row: row["monitor_id"])
+    ]
+    changed = [run for run in runs if run.after != run.before or run.tls_warned_for]
+    if not changed:
+        return []
+    won = await _flip(conn, changed)
+    runs = [run for run in changed if run.row["monitor_id"] in won and run.events]
+    if not runs:
+        return []
+    ids = [run.row["monitor_id"] for run in runs]
+    cursor = await conn.execute(SELECT_OPEN_INCIDENTS, {"ids": ids})
+    open_incidents = {row["monitor_id"]: alerts.Incident(**row) for row in await cursor.fetchall()}
+    cursor = await conn.execute(SELECT_CHANNELS_OF, {"ids": ids})
+    channels: dict[uuid.UUID, list[alerts.Channel]] = {}
+    for row in await cursor.fetchall():
+        channels.setdefault(row.pop("monitor_id"), []).append(alerts.Channel(**row))
+    times = [event.check.checked_at for run in runs for event in run.events]
+    windows = await windows_of(conn, ids, min(times), max(times) + timedelta(microseconds=1))
+
+    resolved_incidents: list[alerts.Incident] = []
+    opened_incidents: list[alerts.Incident] = []
+    alert_rows: list[dict[str, Any]] = []
+    notifications: list[Notification] = []
+    for run in runs:
+        monitor_id = run.row["monitor_id"]
+        resolved, opened = _incidents_of(run, open_incidents.get(monitor_id))
+        resolved_incidents += [resolved] if resolved is not None else []
+        opened_incidents += opened
+        for event in run.events:
+            held = maintenance.covers(windows, monitor_id, event.check.checked_at)
+            alert = alerts.alert_id(event.check.check_id, event.kind)
+            alert_rows.append(
+                {
+                    "id": alert,
+                    "monitor_id": monitor_id,
+                    "incident_id": None if event.incident is None else event.incident.id,
+                    "check_id": event.check.check_id,
+                    "type": event.kind,
+                    "from_state": event.from_state,
+                    "to_state": event.to_state,
+                    "held": held,
+                }
+            )
+            monitor = {
+                "id": monitor_id,
+                "name": run.row["name"],
+                "url": run.row["url"],
+                "state": event.to_state,
+            }
+            for channel in alerts.channels_to_notify(
+                channels.get(monitor_id, []), paused=False, in_maintenance=held
+            ):
+                notifications.append(
+                    Notification(alert, channel, event.kind, monitor, event.incident, event.check)
+                )
+    if resolved_incidents:
+        await conn.cursor().executemany(
+            RESOLVE_INCIDENT,
+            [{"id": i.id, "resolved_at": i.resolved_at} for i in resolved_incidents],
+        )
+    if opened_incidents:
+        await conn.cursor().executemany(INSERT_INCIDENT, [vars(i) for i in opened_incidents])
+    await conn.cursor().executemany(INSERT_ALERT, alert_rows)
+    return notifications
+
+
 # --- Queries ------------------------------------------------------------------------------------
 
 SELECT_RECENT_CHECKS = """
     SELECT check_id, checked_at, status_code, response_time_ms, dns_ms, connect_ms, tls_ms,
-           first_byte_ms, up, regex_matched, error_kind, error
+           first_byte_ms, up, regex_matched, error_kind, error, tls_expires_at
       FROM checks
      WHERE monitor_id = %(monitor_id)s
        AND checked_at >= %(since)s
@@ -640,3 +1357,333 @@ async def uptime_from_rollups(
         p50_ms=percentile_from_histogram(histogram, 0.5, low, high),
         p95_ms=percentile_from_histogram(histogram, 0.95, low, high),
     )
+
+
+# --- Summaries for the console: many monitors at once ------------------------------------------
+
+
+@dataclass(frozen=True)
+class MonitorSummary:
+    """A monitor with its alert state and its last check (None until one is stored)."""
+
+    id: uuid.UUID
+    name: str
+    url: str
+    method: str
+    interval_s: int
+    state: str
+    paused: bool
+    public: bool
+    created_at: datetime
+    last_checked_at: datetime | None
+    last_response_ms: float | None
+
+
+@dataclass(frozen=True)
+class MonitorPage:
+    total: int  # monitors matching the search and state, on every page
+    monitors: list[MonitorSummary]
+
+
+@dataclass(frozen=True)
+class RecentFigures:
+    """From the hourly rollups: the last 24 hours and the last 30 days (whole hours)."""
+
+    uptime_24h_pct: float | None
+    uptime_30d_pct: float | None
+    p95_24h_ms: float | None
+
+
+@dataclass(frozen=True)
+class Beat:
+    checked_at: datetime
+    up: bool
+    response_time_ms: float | None
+
+
+@dataclass(frozen=True)
+class HourlyPoint:
+    hour: datetime
+    checks: int
+    up: int
+    avg_ms: float | None
+
+
+@dataclass(frozen=True)
+class DailyUptime:
+    day: date
+    checks: int
+    up: int
+
+
+# A monitor's last check is looked for this far back: the longest interval, and a day more.
+LAST_CHECK_LOOKBACK = timedelta(days=8)
+
+# Each page's monitors get their last check by one backwards index scan of the primary key
+# each; the search matches the name or the URL, the state filter is the alert state, or
+# "paused". A monitor without a name is called by its URL's host, as alerts.monitor_name does.
+SELECT_MONITOR_PAGE = """
+    SELECT m.id, m.name, m.url, m.method, m.interval_s, m.state, m.paused, m.public,
+           m.created_at,
+           last.checked_at AS last_checked_at,
+           last.response_time_ms AS last_response_ms,
+           m.total
+      FROM (SELECT *, count(*) OVER () AS total
+              FROM (SELECT id, url, method, interval_s, state, paused, public, created_at,
+                           coalesce(name, substring(url FROM '^[a-z]+://(?:[^/@]*@)?([^/:?#]+)'),
+                                    url) AS name
+                      FROM monitors) AS named
+             WHERE (%(search)s::text IS NULL
+                    OR strpos(lower(name), lower(%(search)s)) > 0
+                    OR strpos(lower(url), lower(%(search)s)) > 0)
+               AND (%(state)s::text IS NULL
+                    OR (%(state)s = 'paused' AND paused)
+                    OR (state = %(state)s AND NOT paused))
+             ORDER BY name, url, id
+             LIMIT %(limit)s
+            OFFSET %(offset)s
+           ) AS m
+      LEFT JOIN LATERAL (
+               SELECT c.checked_at, c.response_time_ms
+                 FROM checks AS c
+                WHERE c.monitor_id = m.id
+                  AND c.checked_at >= %(since)s
+                ORDER BY c.checked_at DESC
+                LIMIT 1
+           ) AS last ON true
+     ORDER BY m.name, m.url, m.id
+"""
+
+COUNT_MONITOR_STATES = """
+    SELECT count(*) FILTER (WHERE state = 'up' AND NOT paused) AS up,
+           count(*) FILTER (WHERE state = 'degraded' AND NOT paused) AS degraded,
+           count(*) FILTER (WHERE state = 'down' AND NOT paused) AS down,
+           count(*) FILTER (WHERE state = 'new' AND NOT paused) AS new,
+           count(*) FILTER (WHERE paused) AS paused
+      FROM monitors
+"""
+
+# The status page's only view of monitors: those marked public, by name and state alone (never
+# their URL, which may carry a token).
+SELECT_PUBLIC_MONITORS = """
+    SELECT id,
+           coalesce(name, substring(url FROM '^[a-z]+://(?:[^/@]*@)?([^/:?#]+)'), url) AS name,
+           CASE WHEN paused THEN 'paused' ELSE state END AS state, state_since
+      FROM monitors
+     WHERE public
+     ORDER BY 2, id
+"""
+
+SELECT_RECENT_INCIDENTS = """
+    SELECT i.monitor_id, i.state, i.cause, i.started_at, i.resolved_at
+      FROM incidents AS i
+     WHERE i.monitor_id = ANY(%(ids)s::uuid[])
+       AND (i.resolved_at IS NULL OR i.resolved_at >= %(since)s)
+     ORDER BY i.started_at DESC
+     LIMIT %(limit)s
+"""
+
+SELECT_BEATS = """
+    SELECT ids.id AS monitor_id, beat.checked_at, beat.up, beat.response_time_ms
+      FROM unnest(%(ids)s::uuid[]) AS ids(id)
+      JOIN LATERAL (
+               SELECT c.checked_at, c.up, c.response_time_ms
+                 FROM checks AS c
+                WHERE c.monitor_id = ids.id
+                  AND c.checked_at >= %(since)s
+                ORDER BY c.checked_at DESC
+                LIMIT %(count)s
+           ) AS beat ON true
+     ORDER BY ids.id, beat.checked_at
+"""
+
+SELECT_RECENT_FIGURES = """
+    SELECT r.monitor_id,
+           sum(r.checks) AS checks_30d,
+           sum(r.up) AS up_30d,
+           sum(r.checks) FILTER (WHERE r.hour >= %(day_ago)s) AS checks_24h,
+           sum(r.up) FILTER (WHERE r.hour >= %(day_ago)s) AS up_24h,
+           min(r.min_ms) FILTER (WHERE r.hour >= %(day_ago)s) AS min_ms_24h,
+           max(r.max_ms) FILTER (WHERE r.hour >= %(day_ago)s) AS max_ms_24h,
+           (SELECT array_agg(total ORDER BY position)
+              FROM (SELECT position, sum(n)::integer AS total
+                      FROM check_rollups AS h,
+                           unnest(h.latency_histogram) WITH ORDINALITY AS bucket(n, position)
+                     WHERE h.monitor_id = r.monitor_id
+                       AND h.hour >= %(day_ago)s
+                     GROUP BY position) AS summed
+           ) AS histogram_24h
+      FROM check_rollups AS r
+     WHERE r.monitor_id = ANY(%(ids)s::uuid[])
+       AND r.hour >= %(month_ago)s
+     GROUP BY r.monitor_id
+"""
+
+SELECT_HOURLY = """
+    SELECT hour, checks, up,
+           CASE WHEN responses > 0 THEN sum_ms / responses END AS avg_ms
+      FROM check_rollups
+     WHERE monitor_id = %(monitor_id)s
+       AND hour >= %(since)s
+     ORDER BY hour
+"""
+
+SELECT_DAILY_UPTIME = """
+    SELECT monitor_id,
+           (hour AT TIME ZONE 'UTC')::date AS day,
+           sum(checks)::integer AS checks,
+           sum(up)::integer AS up
+      FROM check_rollups
+     WHERE monitor_id = ANY(%(ids)s::uuid[])
+       AND hour >= %(since)s
+     GROUP BY monitor_id, day
+     ORDER BY monitor_id, day
+"""
+
+
+def _pct(up: Any, checks: Any) -> float | None:
+    return None if not checks else round(100.0 * float(up) / float(checks), 3)
+
+
+async def monitor_page(
+    pool: Pool, *, search: str | None, state: str | None, limit: int, offset: int
+) -> MonitorPage:
+    """Monitors ordered by name, each with its last check; `search` matches part of the name
+    or URL in any case; `state` is an alert state ("new", "up", "degraded", "down": paused ones
+    left out), "paused", or None for all."""
+    since = datetime.now(UTC) - LAST_CHECK_LOOKBACK
+    params = {"search": search, "state": state, "limit": limit, "offset": offset, "since": since}
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_MONITOR_PAGE, params)
+        rows = await cursor.fetchall()
+    total = int(rows[0]["total"]) if rows else 0
+    if not rows and offset > 0:  # past the last page: count what there is
+        async with pool.connection() as conn:
+            cursor = await conn.execute(SELECT_MONITOR_PAGE, {**params, "limit": 1, "offset": 0})
+            first = await cursor.fetchone()
+        total = 0 if first is None else int(first["total"])
+    monitors = [
+        MonitorSummary(**{name: row[name] for name in MonitorSummary.__dataclass_fields__})
+        for row in rows
+    ]
+    return MonitorPage(total=total, monitors=monitors)
+
+
+async def count_monitor_states(pool: Pool) -> dict[str, int]:
+    """How many monitors are in each alert state, and how many are paused."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(COUNT_MONITOR_STATES)
+        row = await cursor.fetchone()
+    assert row is not None  # an aggregate always returns one row
+    return {state: int(count) for state, count in row.items()}
+
+
+@dataclass(frozen=True)
+class PublicMonitor:
+    id: uuid.UUID
+    name: str
+    state: str  # an alert state, or "paused"
+    state_since: datetime | None
+
+
+@dataclass(frozen=True)
+class RecentIncident:
+    monitor_id: uuid.UUID
+    state: str
+    cause: str
+    started_at: datetime
+    resolved_at: datetime | None
+
+
+async def public_monitors(pool: Pool) -> list[PublicMonitor]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_PUBLIC_MONITORS)
+        return [PublicMonitor(**row) for row in await cursor.fetchall()]
+
+
+async def recent_incidents(
+    pool: Pool, monitor_ids: list[uuid.UUID], since: datetime, limit: int
+) -> list[RecentIncident]:
+    """The monitors' incidents still open or resolved since `since`, newest first."""
+    params = {"ids": monitor_ids, "since": since, "limit": limit}
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_RECENT_INCIDENTS, params)
+        return [RecentIncident(**row) for row in await cursor.fetchall()]
+
+
+async def recent_beats(
+    pool: Pool, monitor_ids: list[uuid.UUID], count: int
+) -> dict[uuid.UUID, list[Beat]]:
+    """The last `count` checks of each monitor of the last day, oldest first."""
+    params = {"ids": monitor_ids, "count": count, "since": datetime.now(UTC) - timedelta(days=1)}
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_BEATS, params)
+        rows = await cursor.fetchall()
+    beats: dict[uuid.UUID, list[Beat]] = {monitor_id: [] for monitor_id in monitor_ids}
+    for row in rows:
+        beats[row["monitor_id"]].append(
+            Beat(row["checked_at"], row["up"], _ms(row["response_time_ms"]))
+        )
+    return beats
+
+
+async def recent_figures(
+    pool: Pool, monitor_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, RecentFigures]:
+    """Uptime over 24 hours and 30 days and the 24-hour p95 of each monitor, from its rollups
+    (the current hour included); a monitor without checks gets None figures."""
+    this_hour = _hour_floor(datetime.now(UTC))
+    params = {
+        "ids": monitor_ids,
+        "day_ago": this_hour - timedelta(hours=23),
+        "month_ago": this_hour - timedelta(days=30) + timedelta(hours=1),
+    }
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_RECENT_FIGURES, params)
+        rows = {row["monitor_id"]: row for row in await cursor.fetchall()}
+    figures = {}
+    for monitor_id in monitor_ids:
+        row = rows.get(monitor_id)
+        if row is None:
+            figures[monitor_id] = RecentFigures(None, None, None)
+            continue
+        histogram = row["histogram_24h"]
+        p95 = (
+            None
+            if histogram is None
+            else percentile_from_histogram(
+                list(histogram), 0.95, row["min_ms_24h"], row["max_ms_24h"]
+            )
+        )
+        figures[monitor_id] = RecentFigures(
+            uptime_24h_pct=_pct(row["up_24h"], row["checks_24h"]),
+            uptime_30d_pct=_pct(row["up_30d"], row["checks_30d"]),
+            p95_24h_ms=p95,
+        )
+    return figures
+
+
+async def hourly_points(pool: Pool, monitor_id: uuid.UUID, since: datetime) -> list[HourlyPoint]:
+    """The monitor's hourly rollups from `since` on, oldest first."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_HOURLY, {"monitor_id": monitor_id, "since": since})
+        rows = await cursor.fetchall()
+    return [
+        HourlyPoint(row["hour"], int(row["checks"]), int(row["up"]), _ms(row["avg_ms"]))
+        for row in rows
+    ]
+
+
+async def daily_uptime(
+    pool: Pool, monitor_ids: list[uuid.UUID], since: date
+) -> dict[uuid.UUID, list[DailyUptime]]:
+    """Checks and up checks per UTC day from `since` on, per monitor; days without checks are
+    left out."""
+    params = {"ids": monitor_ids, "since": _day_start(since)}
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_DAILY_UPTIME, params)
+        rows = await cursor.fetchall()
+    days: dict[uuid.UUID, list[DailyUptime]] = {monitor_id: [] for monitor_id in monitor_ids}
+    for row in rows:
+        days[row["monitor_id"]].append(DailyUptime(row["day"], row["checks"], row["up"]))
+    return days

@@ -1,7 +1,8 @@
 """`errands monitors sync FILE`: make the monitors match a YAML or TOML list of sites.
 
 Sites are matched by URL: a new URL is created, a known one updated when a setting differs.
-Monitors not in the file are left alone.
+Monitors not in the file are left alone, or deleted with `prune`. A dry run reports the same
+outcomes and writes nothing.
 """
 
 import tomllib
@@ -12,9 +13,10 @@ import yaml
 from pydantic import ValidationError
 
 from errands.core.errors import Unprocessable
+from errands.core.http import masked_url
 from errands.core.resources import Resources
 from errands.monitors import store
-from errands.monitors.api import MonitorIn, validated_fields
+from errands.monitors.api import MonitorIn, fields_of, validated_fields
 
 __all__ = ["SitesFileError", "read_sites", "sync_sites"]
 
@@ -54,23 +56,26 @@ def read_sites(path: Path) -> list[MonitorIn]:
     return sites
 
 
-async def sync_sites(resources: Resources, sites: list[MonitorIn]) -> list[tuple[str, str]]:
-    """Create or update each site's monitor; return (outcome, url) per site, in file order.
+async def sync_sites(
+    resources: Resources, sites: list[MonitorIn], *, dry_run: bool = False, prune: bool = False
+) -> list[tuple[str, str]]:
+    """Create or update each site's monitor; return (outcome, url) per site, in file order, then
+    ("deleted", url) for each monitor pruned.
 
     Every site is validated before anything is written, so a bad file changes nothing."""
     default_timeout = resources.settings.monitor_default_timeout_s
     try:
         all_fields = [
-            validated_fields(
-                resources.http,
-                url=site.url,
-                interval_s=site.interval_s,
-                timeout_s=site.timeout_s or min(default_timeout, site.interval_s),
-                method=site.method,
-                regex=site.regex,
-            )
-            for site in sites
+            validated_fields(resources.http, fields_of(site, default_timeout)) for site in sites
         ]
     except Unprocessable as error:
         raise SitesFileError(error.detail) from None
-    return [(await store.sync_monitor(resources.pool, fields), fields.url) for fields in all_fields]
+    outcomes = [
+        (await store.sync_monitor(resources.pool, fields, dry_run=dry_run), masked_url(fields.url))
+        for fields in all_fields
+    ]
+    if prune:
+        urls = [fields.url for fields in all_fields]
+        deleted = await store.delete_monitors_not_listed(resources.pool, urls, dry_run=dry_run)
+        outcomes += [("deleted", masked_url(url)) for url in deleted]
+    return outcomes

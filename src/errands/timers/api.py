@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from errands.core.delivery import BadCursor
 from errands.core.errors import Conflict, NotFound, Unprocessable
 from errands.core.http import BlockedTarget
+from errands.core.openapi import answer
 from errands.core.resources import Resources, get_resources
 from errands.core.validation import RequestBody
 from errands.timers import store
@@ -254,7 +255,30 @@ async def create_timer(
     "/timers",
     summary="List timers",
     response_model=TimerPage,
-    responses={422: {"description": "A bad status, limit or cursor"}},
+    responses={
+        200: answer(
+            {
+                "timers": [
+                    {
+                        "id": "8f0c2a4e-3b1d-4c55-9e8a-2f7d6b1c0a93",
+                        "time_left": 120,
+                        "status": "pending",
+                        "url": "https://someserver.com",
+                        "method": "POST",
+                        "fire_at": "2026-12-01T12:02:00Z",
+                        "attempts": 0,
+                        "next_attempt_at": None,
+                        "fired_at": None,
+                        "last_status": None,
+                        "last_error": None,
+                        "created_at": "2026-12-01T12:00:00Z",
+                    }
+                ],
+                "next_cursor": "MjAyNi0xMi0wMVQxMjowMDowMFo",
+            }
+        ),
+        422: {"description": "A bad status, limit or cursor"},
+    },
 )
 async def list_timers(
     resources: ResourcesDep,

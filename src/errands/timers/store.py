@@ -15,6 +15,7 @@ from errands.core import claims, delivery
 from errands.core.batching import Batcher
 from errands.core.db import Pool
 from errands.core.delivery import store as deliveries
+from errands.core.resources import Resources
 
 __all__ = [
     "SCHEDULES_CHANNEL",
@@ -31,6 +32,7 @@ __all__ = [
     "create_timer_once",
     "database_now",
     "delete_schedule",
+    "expire_finished_timers",
     "get_attempts",
     "get_schedule",
     "get_timer",
@@ -466,3 +468,29 @@ async def advance_schedule(
 
 def _jsonb_headers(values: dict[str, Any]) -> dict[str, Any]:
     return {**values, "headers": Jsonb(values["headers"])}
+
+
+# A finished timer is one whose delivery is no longer pending; it goes with its delivery (and
+# that delivery's attempt log), kept for the retention from when it was sent, or was due.
+EXPIRE_FINISHED_TIMERS = """
+    WITH expired AS (
+        SELECT id
+          FROM deliveries
+         WHERE source = 'timer'
+           AND due_at IS NULL
+           AND coalesce(delivered_at, scheduled_at) < now() - %(keep)s
+         LIMIT %(limit)s
+    ),
+    timers_gone AS (
+        DELETE FROM timers WHERE id IN (SELECT id FROM expired)
+    )
+    DELETE FROM deliveries WHERE id IN (SELECT id FROM expired)
+"""
+
+
+async def expire_finished_timers(resources: Resources, limit: int) -> int:
+    """Delete up to `limit` finished timers older than ERRANDS_TIMER_RETENTION_DAYS."""
+    keep = timedelta(days=resources.settings.timer_retention_days)
+    async with resources.pool.connection() as conn:
+        cursor = await conn.execute(EXPIRE_FINISHED_TIMERS, {"keep": keep, "limit": limit})
+        return cursor.rowcount

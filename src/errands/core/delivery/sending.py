@@ -25,7 +25,7 @@ from multidict import CIMultiDictProxy
 from errands.config import Settings
 from errands.core import claims
 from errands.core.batching import Batcher
-from errands.core.delivery import store
+from errands.core.delivery import apprise_transport, store
 from errands.core.delivery.signing import webhook_headers
 from errands.core.http import GuardedClient, OutboundError
 from errands.core.metrics import DELIVERIES, DELIVERY_LATENESS
@@ -157,6 +157,9 @@ class _Sender:
     async def deliver(self, row: claims.Row) -> None:
         """Send one claimed delivery and record how it went, guarded by our lease."""
         delivery_id: uuid.UUID = row["id"]
+        if row["transport"] == "apprise":
+            await self._notify_apprise(row)
+            return
         if row["transport"] != "http":
             await self._record(
                 row,
@@ -174,6 +177,24 @@ class _Sender:
             return
         await self._slots.hold(host, functools.partial(self._attempt, row))
 
+    async def _notify_apprise(self, row: claims.Row) -> None:
+        """An Apprise URL that Apprise cannot parse fails at once; a failed notification is
+        retried like a webhook."""
+        attempted_at = datetime.now(UTC)
+        _observe_lateness(row, attempted_at)
+        started = time.perf_counter()
+        if not apprise_transport.understood(row["url"]):
+            outcome = Outcome("failed", "Apprise does not understand this URL")
+        else:
+            error = await apprise_transport.notify(
+                row["url"],
+                bytes(row["body"]).decode("utf-8", "replace"),
+                timeout_s=self._settings.delivery_timeout_s,
+            )
+            outcome = Outcome("delivered") if error is None else Outcome("retry", error)
+        latency_ms = (time.perf_counter() - started) * 1000
+        await self._record(row, attempted_at, None, latency_ms, outcome)
+
     async def _attempt(self, row: claims.Row) -> None:
         body: bytes = row["body"]
         attempted_at = datetime.now(UTC)
@@ -181,9 +202,7 @@ class _Sender:
             **row["headers"],
             **webhook_headers(self._keys, row["id"], int(attempted_at.timestamp()), body),
         }
-        if row["attempts"] == 0:
-            lateness_s = (attempted_at - row["scheduled_at"]).total_seconds()
-            DELIVERY_LATENESS.labels(source=row["source"]).observe(max(lateness_s, 0.0))
+        _observe_lateness(row, attempted_at)
         started = time.perf_counter()
         status_code: int | None = None
         try:
@@ -250,6 +269,12 @@ class _Sender:
             log.warning(
                 "delivery_failed", id=str(row["id"]), source=row["source"], error=outcome.error
             )
+
+
+def _observe_lateness(row: claims.Row, attempted_at: datetime) -> None:
+    if row["attempts"] == 0:
+        lateness_s = (attempted_at - row["scheduled_at"]).total_seconds()
+        DELIVERY_LATENESS.labels(source=row["source"]).observe(max(lateness_s, 0.0))
 
 
 async def _until_written(

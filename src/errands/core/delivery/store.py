@@ -4,7 +4,7 @@ import base64
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
@@ -12,6 +12,7 @@ from psycopg.types.json import Jsonb
 
 from errands.core import claims
 from errands.core.db import Pool
+from errands.core.resources import Resources
 
 __all__ = [
     "ATTEMPTS_KEPT",
@@ -27,6 +28,7 @@ __all__ = [
     "defer",
     "enqueue",
     "enqueue_all",
+    "expire_finished_deliveries",
     "get_delivery",
     "list_deliveries",
     "page_cursor",
@@ -369,3 +371,26 @@ async def count_by_status(pool: Pool, *, source: str | None = None) -> dict[str,
     counts = dict.fromkeys(("pending", "delivered", "failed", "cancelled"), 0)
     counts.update({row["status"]: row["n"] for row in rows})
     return counts
+
+
+# Timers' deliveries go with their timers (timers/store.py), under the timers' retention.
+EXPIRE_FINISHED_DELIVERIES = """
+    DELETE FROM deliveries
+     WHERE id IN (
+           SELECT id
+             FROM deliveries
+            WHERE source <> 'timer'
+              AND due_at IS NULL
+              AND coalesce(delivered_at, scheduled_at) < now() - %(keep)s
+            LIMIT %(limit)s
+     )
+"""
+
+
+async def expire_finished_deliveries(resources: Resources, limit: int) -> int:
+    """Delete up to `limit` finished deliveries (with their attempt logs) older than
+    ERRANDS_DELIVERY_RETENTION_DAYS."""
+    keep = timedelta(days=resources.settings.delivery_retention_days)
+    async with resources.pool.connection() as conn:
+        cursor = await conn.execute(EXPIRE_FINISHED_DELIVERIES, {"keep": keep, "limit": limit})
+        return cursor.rowcount
