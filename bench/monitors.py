@@ -12,11 +12,18 @@
 4. Uptime: 30 days of 1-minute checks for one monitor (43,200 rows) stored by the sink code,
    then the 30-day uptime query (rollups plus the partial hours) beside the same figures
    computed from the raw rows.
+5. Alert latency: N monitors every 10 s (failure_threshold 1, one webhook channel) run by the
+   checker, the sink and the delivery loop in one process with the in-process bus; once all
+   are up, 1 in 50 of their targets start answering 503, and each alert's latency is from the
+   crossing check's start to the webhook's arrival at a receiver in the targets' process.
+6. Catastrophic regexes: /healthz latency of a running API while 40 monitors search a 1 MB page
+   with `(a+)+$` every 5 s, beside the same API with no monitors.
 """
 
 import argparse
 import asyncio
 import multiprocessing
+import queue
 import statistics
 import tempfile
 import time
@@ -27,18 +34,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import psycopg
 from aiohttp import web
 from psycopg.conninfo import make_conninfo
+from tests.fixtures.app import serve_app
 
 from errands.config import Settings
 from errands.core.bus import MemoryBus
-from errands.core.db import apply_migrations, start_embedded_postgres
+from errands.core.db import Pool, apply_migrations, start_embedded_postgres
+from errands.core.delivery import deliver_webhooks
 from errands.core.resources import Resources, open_resources
 from errands.monitors import store
 from errands.monitors.checker import run_checker
 from errands.monitors.results import CheckResult, decode_check, encode_check
-from errands.monitors.sink import store_batch
+from errands.monitors.sink import run_sink, store_batch
 
 TARGET_PORTS = 8
 INTERVAL_S = 5
@@ -55,16 +65,43 @@ class Figure:
     peer: str = ""
 
 
-def serve_targets(first_port: int, ready: "multiprocessing.synchronize.Event") -> None:
+FAILING_ONE_IN = 50
+HOOK_PORT_OFFSET = TARGET_PORTS  # the webhook receiver listens on the port after the targets
+HUGE_PAGE = b"a" * (1024 * 1024 - 1) + b"!"
+
+
+def serve_targets(
+    first_port: int,
+    ready: "multiprocessing.synchronize.Event",
+    failing: "multiprocessing.synchronize.Event",
+    arrivals: "multiprocessing.Queue[tuple[float, str]]",
+) -> None:
     async def ok(_request: web.Request) -> web.Response:
         return web.Response(text="<html><title>ok</title>all good</html>")
 
+    async def flaky(request: web.Request) -> web.Response:
+        fails = failing.is_set() and int(request.match_info["n"]) % FAILING_ONE_IN == 0
+        return web.Response(status=503 if fails else 200, text="flaky")
+
+    async def huge(_request: web.Request) -> web.Response:
+        return web.Response(body=HUGE_PAGE, content_type="text/plain")
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.json()
+        n = int(body["monitor"]["url"].rsplit("/", 1)[1])
+        if body["type"] == "monitor.down" and n % FAILING_ONE_IN == 0:
+            arrivals.put((time.time(), body["check"]["checked_at"]))
+        return web.Response(status=204)
+
     async def main() -> None:
         app = web.Application()
+        app.router.add_get("/flaky/{n}", flaky)
+        app.router.add_get("/huge", huge)
+        app.router.add_post("/hook", hook)
         app.router.add_get("/{tail:.*}", ok)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        for port in range(first_port, first_port + TARGET_PORTS):
+        for port in range(first_port, first_port + TARGET_PORTS + 1):
             await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
         ready.set()
         await asyncio.Event().wait()
@@ -72,15 +109,24 @@ def serve_targets(first_port: int, ready: "multiprocessing.synchronize.Event") -
     asyncio.run(main())
 
 
+@dataclass
+class Targets:
+    failing: "multiprocessing.synchronize.Event"
+    arrivals: "multiprocessing.Queue[tuple[float, str]]"
+
+
 @contextmanager
-def targets(first_port: int) -> Iterator[None]:
-    ready = multiprocessing.Event()
-    process = multiprocessing.Process(target=serve_targets, args=(first_port, ready), daemon=True)
+def targets(first_port: int) -> Iterator[Targets]:
+    ready, failing = multiprocessing.Event(), multiprocessing.Event()
+    arrivals: multiprocessing.Queue[tuple[float, str]] = multiprocessing.Queue()
+    process = multiprocessing.Process(
+        target=serve_targets, args=(first_port, ready, failing, arrivals), daemon=True
+    )
     process.start()
     if not ready.wait(10):
         raise RuntimeError("target server did not start")
     try:
-        yield
+        yield Targets(failing, arrivals)
     finally:
         process.terminate()
         process.join(5)
@@ -294,6 +340,118 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
+async def wait_for(pool: Pool, query: str, wanted: int, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while True:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(query)
+            row = await cursor.fetchone()
+        if row is not None and int(next(iter(row.values()))) >= wanted:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {wanted}: {query}")
+        await asyncio.sleep(0.2)
+
+
+async def bench_alert_latency(resources: Resources, monitors: int) -> list[Figure]:
+    first_port = 18700
+    interval_s = 10
+    hook = f"http://127.0.0.1:{first_port + HOOK_PORT_OFFSET}/hook"
+    channel = await store.create_channel(resources.pool, name="bench", kind="webhook", target=hook)
+    slot0 = datetime.now(UTC) + timedelta(seconds=1)
+    async with resources.pool.connection() as conn, conn.transaction():
+        ids = [uuid.uuid4() for _ in range(monitors)]
+        async with conn.cursor().copy(
+            "COPY monitors (id, url, interval_s, timeout_s, failure_threshold, due_at) FROM STDIN"
+        ) as copy:
+            for n, monitor_id in enumerate(ids):
+                port = first_port + n % TARGET_PORTS
+                due = slot0 + timedelta(seconds=5 * n / monitors)
+                url = f"http://127.0.0.1:{port}/flaky/{n}"
+                await copy.write_row((monitor_id, url, interval_s, 2.0, 1, due))
+        async with conn.cursor().copy(
+            "COPY monitor_channels (monitor_id, channel_id) FROM STDIN"
+        ) as copy:
+            for monitor_id in ids:
+                await copy.write_row((monitor_id, channel["id"]))
+    stop = asyncio.Event()
+    latencies_ms: list[float] = []
+    with targets(first_port) as served:
+        loops = [
+            asyncio.create_task(loop(resources, stop))
+            for loop in (run_checker, run_sink, deliver_webhooks)
+        ]
+        try:
+            checked = "SELECT count(*) FROM monitor_states"
+            await wait_for(resources.pool, checked, monitors, 120)
+            served.failing.set()
+            failing = len(range(0, monitors, FAILING_ONE_IN))
+            deadline = time.monotonic() + 60
+            while len(latencies_ms) < failing and time.monotonic() < deadline:
+                try:
+                    arrived_at, checked_at = await asyncio.to_thread(served.arrivals.get, True, 1.0)
+                except queue.Empty:
+                    continue
+                started = datetime.fromisoformat(checked_at).timestamp()
+                latencies_ms.append((arrived_at - started) * 1000)
+        finally:
+            stop.set()
+            await asyncio.gather(*loops)
+    print(f"alerts: {len(latencies_ms)} of {failing} webhooks received, {monitors} monitors")
+    return [
+        Figure("alert latency p50, in-process bus", percentile(latencies_ms, 0.5), "ms", ""),
+        Figure("alert latency p99, in-process bus", percentile(latencies_ms, 0.99), "ms", "< 500"),
+    ]
+
+
+async def healthz_latencies(client: httpx.AsyncClient, seconds: float) -> list[float]:
+    latencies = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        response = await client.get("/healthz")
+        response.raise_for_status()
+        latencies.append((time.perf_counter() - started) * 1000)
+        await asyncio.sleep(0.02)
+    return latencies
+
+
+async def bench_catastrophic_regexes(settings: Settings, seconds: float) -> list[Figure]:
+    first_port = 18800
+    with targets(first_port):
+        async with serve_app(settings, loops=["monitors", "sink"]) as running:
+            quiet = await healthz_latencies(running.client, seconds)
+            client = running.client
+            for n in range(40):
+                response = await client.post(
+                    "/monitors",
+                    json={
+                        "url": f"http://127.0.0.1:{first_port + n % TARGET_PORTS}/huge?{n}",
+                        "interval_s": 5,
+                        "regex": "(a+)+$",
+                    },
+                )
+                response.raise_for_status()
+            busy = await healthz_latencies(client, seconds)
+    print(f"/healthz quiet: {len(quiet)} requests; with 40 catastrophic regexes: {len(busy)}")
+    return [
+        Figure(
+            "/healthz p50, 40 catastrophic regexes",
+            percentile(busy, 0.5),
+            "ms",
+            "flat",
+            f"{percentile(quiet, 0.5):.1f} ms with no monitors",
+        ),
+        Figure(
+            "/healthz max, 40 catastrophic regexes",
+            max(busy),
+            "ms",
+            "flat",
+            f"{max(quiet):.1f} ms with no monitors",
+        ),
+    ]
+
+
 async def run(args: argparse.Namespace) -> list[Figure]:
     with tempfile.TemporaryDirectory() as data_dir:
         server_url = args.database_url or start_embedded_postgres(Path(data_dir))
@@ -314,6 +472,13 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         uptime_db = {"database_url": await fresh_database(server_url)}
         async with open_resources(settings.model_copy(update=uptime_db)) as resources:
             figures += await bench_uptime(resources)
+        alerts_db = {"database_url": await fresh_database(server_url)}
+        async with open_resources(settings.model_copy(update=alerts_db)) as resources:
+            figures += await bench_alert_latency(resources, args.monitors)
+        regex_db = {"database_url": await fresh_database(server_url)}
+        figures += await bench_catastrophic_regexes(
+            settings.model_copy(update=regex_db), args.seconds
+        )
         return figures
 
 

@@ -251,7 +251,7 @@ async def test_uptime_without_checks_has_no_percentage(api: httpx.AsyncClient) -
         ({"max_response_ms": 20_000, "timeout_s": 10}, "max_response_ms"),
         ({"regex_mode": "sometimes"}, "must_match"),
         ({"tls_expiry_days": -1}, "greater than or equal to 0"),
-        ({"channels": ["not-a-uuid"]}, "uuid"),
+        ({"channels": ["not-a-uuid"]}, "valid UUID"),
         ({"paused": "perhaps"}, "bool"),
         ({"name": ""}, "at least 1"),
     ],

@@ -43,7 +43,7 @@ _KNOWN_KINDS: dict[str, ErrorKind] = {
 # Searches run in these threads, never on the event loop: the regex module releases the GIL
 # while it matches (concurrent=True) and gives up after the timeout, so a catastrophic pattern
 # costs one thread for at most that long and the API keeps answering.
-REGEX_THREADS = 4
+REGEX_THREADS = 1
 _regex_searches = ThreadPoolExecutor(max_workers=REGEX_THREADS, thread_name_prefix="regex")
 
 

@@ -120,12 +120,14 @@ INSERT_MONITOR = """
 SELECT_MONITORS = """
     SELECT id, url, name, method, interval_s, timeout_s, regex, regex_mode, expected_status,
            max_response_ms, failure_threshold, success_threshold, tls_expiry_days, paused,
-           public, state, state_since, created_at, updated_at, due_at,
+           public, coalesce(s.state, 'new') AS state, s.state_since, created_at, updated_at,
+           due_at,
            ARRAY(SELECT channel_id
                    FROM monitor_channels
                   WHERE monitor_id = monitors.id
                   ORDER BY channel_id) AS channels
       FROM monitors
+      LEFT JOIN monitor_states AS s ON s.monitor_id = monitors.id
      ORDER BY created_at, id
      LIMIT %(limit)s
     OFFSET %(offset)s
@@ -134,26 +136,30 @@ SELECT_MONITORS = """
 SELECT_MONITOR = """
     SELECT id, url, name, method, interval_s, timeout_s, regex, regex_mode, expected_status,
            max_response_ms, failure_threshold, success_threshold, tls_expiry_days, paused,
-           public, state, state_since, created_at, updated_at, due_at,
+           public, coalesce(s.state, 'new') AS state, s.state_since, created_at, updated_at,
+           due_at,
            ARRAY(SELECT channel_id
                    FROM monitor_channels
                   WHERE monitor_id = monitors.id
                   ORDER BY channel_id) AS channels
       FROM monitors
+      LEFT JOIN monitor_states AS s ON s.monitor_id = monitors.id
      WHERE id = %(id)s
 """
 
 SELECT_MONITOR_BY_URL = """
     SELECT id, url, name, method, interval_s, timeout_s, regex, regex_mode, expected_status,
            max_response_ms, failure_threshold, success_threshold, tls_expiry_days, paused,
-           public, state, state_since, created_at, updated_at, due_at,
+           public, coalesce(s.state, 'new') AS state, s.state_since, created_at, updated_at,
+           due_at,
            ARRAY(SELECT channel_id
                    FROM monitor_channels
                   WHERE monitor_id = monitors.id
                   ORDER BY channel_id) AS channels
       FROM monitors
+      LEFT JOIN monitor_states AS s ON s.monitor_id = monitors.id
      WHERE url = %(url)s
-       FOR UPDATE
+       FOR UPDATE OF monitors
 """
 
 # Clearing the lease makes a checker that is mid-check on the old settings write nothing back.
@@ -904,9 +910,12 @@ async def save_checks(
 # state, a run in progress, or a certificate to warn about. In steady state this is nothing.
 JUDGE_STORED = """
     WITH judged AS (
-        SELECT m.id AS monitor_id, m.name, m.url, m.state, m.state_since, m.pending_state,
-               m.pending_checks, m.pending_since, m.failure_threshold, m.success_threshold,
-               m.max_response_ms, m.tls_warned_for,
+        SELECT m.id AS monitor_id, m.name, m.url, m.failure_threshold, m.success_threshold,
+               m.max_response_ms,
+               st.monitor_id IS NOT NULL AS has_state,
+               coalesce(st.state, 'new') AS state, st.state_since, st.pending_state,
+               coalesce(st.pending_checks, 0) AS pending_checks, st.pending_since,
+               st.tls_warned_for,
                s.check_id, s.checked_at, s.status_code, s.response_time_ms, s.error,
                s.tls_expires_at,
                CASE WHEN NOT s.up THEN 'down'
@@ -914,10 +923,11 @@ JUDGE_STORED = """
                     ELSE 'up'
                END AS verdict,
                coalesce(s.tls_expires_at < s.checked_at + make_interval(days => m.tls_expiry_days)
-                        AND s.tls_expires_at IS DISTINCT FROM m.tls_warned_for,
+                        AND s.tls_expires_at IS DISTINCT FROM st.tls_warned_for,
                         false) AS tls_expiring
           FROM checks_stored AS s
           JOIN monitors AS m ON m.id = s.monitor_id
+          LEFT JOIN monitor_states AS st ON st.monitor_id = s.monitor_id
          WHERE NOT m.paused
     )
     SELECT *
@@ -928,8 +938,22 @@ JUDGE_STORED = """
      ORDER BY monitor_id, checked_at
 """
 
+# A monitor's first state row; a sink that finds one already there lost the race.
+FIRST_STATES = """
+    INSERT INTO monitor_states (
+           monitor_id, state, state_since, pending_state, pending_checks, pending_since,
+           tls_warned_for
+    )
+    SELECT *
+      FROM unnest(%(ids)s::uuid[], %(states)s::text[], %(state_sinces)s::timestamptz[],
+                  %(pending_states)s::text[], %(pending_checks)s::integer[],
+                  %(pending_sinces)s::timestamptz[], %(tls_warned_for)s::timestamptz[])
+        ON CONFLICT (monitor_id) DO NOTHING
+ RETURNING monitor_id
+"""
+
 FLIP_STATES = """
-    UPDATE monitors AS m
+    UPDATE monitor_states AS m
        SET state = n.state,
            state_since = n.state_since,
            pending_state = n.pending_state,
@@ -943,11 +967,11 @@ FLIP_STATES = """
                   %(tls_warned_for)s::timestamptz[])
            AS n(id, old_state, old_pending_state, old_pending_checks, state, state_since,
                 pending_state, pending_checks, pending_since, tls_warned_for)
-     WHERE m.id = n.id
+     WHERE m.monitor_id = n.id
        AND m.state = n.old_state
        AND m.pending_state IS NOT DISTINCT FROM n.old_pending_state
        AND m.pending_checks = n.old_pending_checks
- RETURNING m.id
+ RETURNING m.monitor_id
 """
 
 SELECT_OPEN_INCIDENTS = """
@@ -965,22 +989,41 @@ SELECT_CHANNELS_OF = """
      ORDER BY c.id
 """
 
-RESOLVE_INCIDENT = """
+RESOLVE_INCIDENTS = """
     UPDATE incidents
-       SET resolved_at = %(resolved_at)s
-     WHERE id = %(id)s
+       SET resolved_at = resolved.at
+      FROM unnest(%(ids)s::uuid[], %(resolved_at)s::timestamptz[]) AS resolved(id, at)
+     WHERE incidents.id = resolved.id
 """
 
-INSERT_INCIDENT = """
+INSERT_INCIDENTS = """
     INSERT INTO incidents (id, monitor_id, state, cause, started_at, resolved_at)
-    VALUES (%(id)s, %(monitor_id)s, %(state)s, %(cause)s, %(started_at)s, %(resolved_at)s)
+    SELECT *
+      FROM unnest(%(ids)s::uuid[], %(monitor_ids)s::uuid[], %(states)s::text[],
+                  %(causes)s::text[], %(started_at)s::timestamptz[],
+                  %(resolved_at)s::timestamptz[])
 """
 
-INSERT_ALERT = """
+INSERT_ALERTS = """
     INSERT INTO alerts (id, monitor_id, incident_id, check_id, type, from_state, to_state, held)
-    VALUES (%(id)s, %(monitor_id)s, %(incident_id)s, %(check_id)s, %(type)s, %(from_state)s,
-            %(to_state)s, %(held)s)
+    SELECT *
+      FROM unnest(%(ids)s::uuid[], %(monitor_ids)s::uuid[], %(incident_ids)s::uuid[],
+                  %(check_ids)s::uuid[], %(types)s::text[], %(from_states)s::text[],
+                  %(to_states)s::text[], %(held)s::boolean[])
 """
+
+
+# The parameters of INSERT_ALERTS and the alert row key each is read from.
+ALERT_COLUMNS = (
+    ("ids", "id"),
+    ("monitor_ids", "monitor_id"),
+    ("incident_ids", "incident_id"),
+    ("check_ids", "check_id"),
+    ("types", "type"),
+    ("from_states", "from_state"),
+    ("to_states", "to_state"),
+    ("held", "held"),
+)
 
 
 @dataclass
@@ -1052,24 +1095,38 @@ def _run_of(rows: list[Row]) -> _MonitorRun:
     return _MonitorRun(first, before, state, events, warned)
 
 
+def _new_values(runs: list[_MonitorRun]) -> dict[str, list[Any]]:
+    return {
+        "ids": [run.row["monitor_id"] for run in runs],
+        "states": [run.after.state for run in runs],
+        "state_sinces": [run.after.state_since for run in runs],
+        "pending_states": [run.after.pending_state for run in runs],
+        "pending_checks": [run.after.pending_checks for run in runs],
+        "pending_sinces": [run.after.pending_since for run in runs],
+        "tls_warned_for": [run.tls_warned_for for run in runs],
+    }
+
+
 async def _flip(conn: Connection, runs: list[_MonitorRun]) -> set[uuid.UUID]:
     """Write the new states where they are still the ones read; the ids written."""
-    cursor = await conn.execute(
-        FLIP_STATES,
-        {
-            "ids": [run.row["monitor_id"] for run in runs],
-            "old_states": [run.before.state for run in runs],
-            "old_pending_states": [run.before.pending_state for run in runs],
-            "old_pending_checks": [run.before.pending_checks for run in runs],
-            "states": [run.after.state for run in runs],
-            "state_sinces": [run.after.state_since for run in runs],
-            "pending_states": [run.after.pending_state for run in runs],
-            "pending_checks": [run.after.pending_checks for run in runs],
-            "pending_sinces": [run.after.pending_since for run in runs],
-            "tls_warned_for": [run.tls_warned_for for run in runs],
-        },
-    )
-    return {row["id"] for row in await cursor.fetchall()}
+    first = [run for run in runs if not run.row["has_state"]]
+    changed = [run for run in runs if run.row["has_state"]]
+    won: set[uuid.UUID] = set()
+    if first:
+        cursor = await conn.execute(FIRST_STATES, _new_values(first))
+        won |= {row["monitor_id"] for row in await cursor.fetchall()}
+    if changed:
+        cursor = await conn.execute(
+            FLIP_STATES,
+            {
+                **_new_values(changed),
+                "old_states": [run.before.state for run in changed],
+                "old_pending_states": [run.before.pending_state for run in changed],
+                "old_pending_checks": [run.before.pending_checks for run in changed],
+            },
+        )
+        won |= {row["monitor_id"] for row in await cursor.fetchall()}
+    return won
 
 
 def _incidents_of(
@@ -1207,13 +1264,28 @@ async def _advance_alerts(conn: Connection) -> list[Notification]:
                     Notification(alert, channel, event.kind, monitor, event.incident, event.check)
                 )
     if resolved_incidents:
-        await conn.cursor().executemany(
-            RESOLVE_INCIDENT,
-            [{"id": i.id, "resolved_at": i.resolved_at} for i in resolved_incidents],
+        await conn.execute(
+            RESOLVE_INCIDENTS,
+            {
+                "ids": [incident.id for incident in resolved_incidents],
+                "resolved_at": [incident.resolved_at for incident in resolved_incidents],
+            },
         )
     if opened_incidents:
-        await conn.cursor().executemany(INSERT_INCIDENT, [vars(i) for i in opened_incidents])
-    await conn.cursor().executemany(INSERT_ALERT, alert_rows)
+        await conn.execute(
+            INSERT_INCIDENTS,
+            {
+                "ids": [incident.id for incident in opened_incidents],
+                "monitor_ids": [incident.monitor_id for incident in opened_incidents],
+                "states": [incident.state for incident in opened_incidents],
+                "causes": [incident.cause for incident in opened_incidents],
+                "started_at": [incident.started_at for incident in opened_incidents],
+                "resolved_at": [incident.resolved_at for incident in opened_incidents],
+            },
+        )
+    await conn.execute(
+        INSERT_ALERTS, {column: [row[key] for row in alert_rows] for column, key in ALERT_COLUMNS}
+    )
     return notifications
 
 
