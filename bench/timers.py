@@ -1,10 +1,12 @@
-"""Timers: creation and firing throughput and lateness, Errands beside APScheduler 3 and Celery.
+"""Timers: creation and firing throughput and lateness, Errands beside Procrastinate (on the
+same PostgreSQL), APScheduler 3 and Celery.
 
     python bench/timers.py [--database-url URL] [--create N] [--burst N] [--rate R] [--seconds S]
 
 Every system posts `{"id": ...}` to the same receiver, a separate process that notes when each
 webhook arrived. Creation is timed through each system's own front door: Errands' HTTP API (an
-`errands api` process), APScheduler's `add_job`, Celery's `apply_async(eta=...)`. Firing is timed
+`errands api` process), Procrastinate's `defer_async` with `schedule_at`, APScheduler's `add_job`,
+Celery's `apply_async(eta=...)`. Firing is timed
 twice: a burst of timers all due at one instant (webhooks per second until the last arrives) and a
 steady stream at R per second (lateness = arrival minus due time, p50 and p99).
 """
@@ -374,6 +376,82 @@ def add_apscheduler_jobs(scheduler: Any, hook: str, at: list[float]) -> dict[str
     return due
 
 
+# --- Procrastinate: a PostgreSQL job queue, jobs deferred with schedule_at -------------------
+
+# Scheduled jobs are found by polling (LISTEN/NOTIFY wakes only for jobs due now), so the poll
+# is set well below its 5 s default; 64 jobs at once, as many as Errands' posting clients.
+PROCRASTINATE_POLL_S = 0.05
+PROCRASTINATE_CONCURRENCY = 64
+
+
+async def bench_procrastinate(
+    server_url: str, receiver: Receiver, args: argparse.Namespace
+) -> Result:
+    global _webhook_session
+    import procrastinate
+
+    result = Result("Procrastinate")
+    database_url = fresh_database(server_url, "bench_procrastinate")
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=database_url))
+
+    @app.task(name="fire_webhook")
+    async def fire(url: str, timer_id: str) -> None:
+        assert _webhook_session is not None
+        headers = {"Idempotency-Key": timer_id}
+        async with _webhook_session.post(url, json={"id": timer_id}, headers=headers) as response:
+            await response.read()
+
+    async def defer_all(hook: str, at: list[float]) -> dict[str, float]:
+        due = {str(uuid.uuid4()): when for when in at}
+        for timer_id, when in due.items():
+            await fire.configure(schedule_at=datetime.fromtimestamp(when, UTC)).defer_async(
+                url=hook, timer_id=timer_id
+            )
+        return due
+
+    async with app.open_async(), aiohttp.ClientSession() as session:
+        _webhook_session = session
+        await app.schema_manager.apply_schema_async()
+        try:
+            count = args.create // 5  # one INSERT and commit per defer, as APScheduler
+            started = time.perf_counter()
+            await defer_all(receiver.url, [time.time() + 3600] * count)
+            result.create_per_s = count / (time.perf_counter() - started)
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+                await conn.execute("DELETE FROM procrastinate_jobs")
+
+            worker = asyncio.create_task(
+                app.run_worker_async(
+                    concurrency=PROCRASTINATE_CONCURRENCY,
+                    fetch_job_polling_interval=PROCRASTINATE_POLL_S,
+                    install_signal_handlers=False,
+                    delete_jobs="successful",
+                )
+            )
+            burst = args.burst // 5
+            burst_at = time.time() + burst / result.create_per_s * 1.5 + 1.0
+            due = await defer_all(receiver.url, [burst_at] * burst)
+            arrivals = await receiver.wait_for(session, set(due), timeout_s=120)
+            result.burst_per_s = burst_rate(arrivals, due, "Procrastinate")
+            result.notes.append(f"burst of {burst}")
+            await receiver.reset(session)
+
+            schedule = steady_schedule(0, args.rate, args.seconds)
+            lead_s = len(schedule) / result.create_per_s * 1.5 + 1.0
+            due = await defer_all(receiver.url, [time.time() + lead_s + at for at in schedule])
+            arrivals = await receiver.wait_for(
+                session, set(due), timeout_s=args.seconds + lead_s + 60
+            )
+            result.lateness_ms = lateness_ms(arrivals, due, "Procrastinate")
+            await receiver.reset(session)
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        finally:
+            _webhook_session = None
+    return result
+
+
 # --- Celery: ETA tasks on Redis, a threads-pool worker ----------------------------------------
 
 # The worker process imports this file as the module `timers` and finds the broker in its
@@ -517,6 +595,9 @@ async def main(args: argparse.Namespace) -> None:
         with postgres(args.database_url) as server_url:
             results.append(await bench_errands(server_url, receiver, args))
             print(table(results, args), flush=True)
+            if "procrastinate" not in args.skip:
+                results.append(await bench_procrastinate(server_url, receiver, args))
+                print(table(results, args), flush=True)
             if "apscheduler" not in args.skip:
                 results.append(await bench_apscheduler(server_url, receiver, args))
                 print(table(results, args), flush=True)
@@ -549,7 +630,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--burst", type=int, default=5000, help="timers due at one instant")
     parser.add_argument("--rate", type=float, default=500, help="steady timers per second")
     parser.add_argument("--seconds", type=float, default=4, help="length of the steady stream")
-    parser.add_argument("--skip", default="", help="peers to leave out: apscheduler,celery")
+    parser.add_argument(
+        "--skip", default="", help="peers to leave out: procrastinate,apscheduler,celery"
+    )
     return parser.parse_args()
 
 

@@ -34,6 +34,7 @@ PAGE_BYTES = 200 * 1024
 TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 ERRANDS_TARGET_S = 1.0
 THREADS_SPEEDUP_TARGET = 10
+FLOOR_RATIO_TARGET = 1.1
 
 
 def met(reached: bool) -> str:
@@ -271,6 +272,22 @@ def measure_errands(urls: list[str], port: int, label: str) -> dict[str, Any]:
             server.wait(timeout=30)
 
 
+def title_reading_cpu_ms(pages: int = 1000) -> float:
+    """CPU to read one bench page's title alone (decode, parse, early stop), in this process."""
+    from errands.titles.extract import TitleReader
+
+    tail = b"<p>" + b"lorem ipsum " * (PAGE_BYTES // 12) + b"</p></body></html>"
+    bodies = [(page_head(n) + tail)[:PAGE_BYTES] for n in range(pages)]
+    started = time.process_time()
+    for body in bodies:
+        reader = TitleReader("text/html; charset=utf-8")
+        for start in range(0, len(body), 8192):
+            if reader.feed(body[start : start + 8192]):
+                break
+        reader.result()
+    return (time.process_time() - started) / pages * 1000
+
+
 # --- the table --------------------------------------------------------------------------------
 
 
@@ -307,6 +324,7 @@ def main() -> None:
         return
 
     raise_fd_limit()
+    load_before = os.getloadavg()
     sites = subprocess.Popen(
         [
             sys.executable,
@@ -348,6 +366,17 @@ def main() -> None:
     )
     verdict += (
         f"\nErrands server RSS when idle, before the first request: {cold['idle_rss_mib']:.0f} MiB"
+    )
+    floor = rows[-1]
+    ratio = cold["wall_s"] / floor["wall_s"]
+    verdict += (
+        f"\nErrands (cold) against the bare-aiohttp floor: {ratio:.2f}x the floor's wall time"
+        f" (target <= {FLOOR_RATIO_TARGET}x: {met(ratio <= FLOOR_RATIO_TARGET)})"
+        f"\nCPU per title: {cold['cpu_s'] / cold['sites'] * 1000:.2f} ms in the server (request,"
+        f" fetch, guard, reading, answer); reading the title alone {title_reading_cpu_ms():.3f} ms"
+        f"\nLoad average (1, 5, 15 min) before the run: "
+        + ", ".join(f"{load:.2f}" for load in load_before)
+        + f" on {os.cpu_count()} cores"
     )
     report = table(rows, cold) + "\n\n" + verdict
     print(report)

@@ -37,8 +37,8 @@ def test_pick_refuses_unknown_names_and_an_empty_choice(text: str) -> None:
 @pytest.mark.parametrize(
     ("only", "kafka", "loops"),
     [
-        (None, True, ["deliveries", "timers", "monitors", "conversions"]),
-        (None, False, ["deliveries", "timers", "monitors", "conversions", "sink"]),
+        (None, True, ["deliveries", "timers", "monitors", "conversions", "sweeper"]),
+        (None, False, ["deliveries", "timers", "monitors", "conversions", "sweeper", "sink"]),
         ("monitors", True, ["monitors"]),
         ("monitors", False, ["monitors", "sink"]),
         ("timers", False, ["timers", "deliveries"]),
@@ -223,3 +223,61 @@ async def test_monitors_list_get_and_delete(app: RunningApp) -> None:
     assert re.search(r"^interval_s\s+60$", shown.stdout, flags=re.MULTILINE)
     assert (deleted.code, deleted.stdout) == (0, f"monitor {monitor_id} deleted\n")
     assert gone.code == 1
+
+
+async def test_monitors_sync_dry_run_and_prune(database_url: str, tmp_path: Path) -> None:
+    database = {
+        "ERRANDS_DATABASE_URL": database_url,
+        "ERRANDS_DATA_DIR": str(tmp_path),
+        "ERRANDS_ALLOW_PRIVATE_TARGETS": "true",
+    }
+    both = tmp_path / "both.yaml"
+    both.write_text(
+        "- {url: 'https://example.com/a', interval_s: 60}\n"
+        "- {url: 'https://example.com/b', interval_s: 60}\n"
+    )
+    only_a = tmp_path / "only-a.yaml"
+    only_a.write_text("- {url: 'https://example.com/a', interval_s: 30}\n")
+
+    created = await errands("monitors", "sync", str(both), **database)
+    planned = await errands(
+        "monitors", "sync", str(only_a), "--prune", "--dry-run", "--json", **database
+    )
+    unchanged = await errands("monitors", "sync", str(both), "--json", **database)
+    pruned = await errands("monitors", "sync", str(only_a), "--prune", **database)
+
+    assert created.code == 0 and created.stdout.endswith("2 of 2 monitors changed\n")
+    assert json.loads(planned.stdout) == {
+        "dry_run": True,
+        "monitors": [
+            {"outcome": "updated", "url": "https://example.com/a"},
+            {"outcome": "deleted", "url": "https://example.com/b"},
+        ],
+    }
+    assert [site["outcome"] for site in json.loads(unchanged.stdout)["monitors"]] == [
+        "unchanged",
+        "unchanged",
+    ], "the dry run wrote something"
+    assert pruned.stdout.splitlines() == [
+        "updated    https://example.com/a",
+        "deleted    https://example.com/b",
+        "2 of 2 monitors changed",
+    ]
+
+
+async def test_timers_list_pages_newest_first(app: RunningApp) -> None:
+    service = {"ERRANDS_API_URL": app.base_url}
+    ids = [
+        (
+            await app.client.post("/timer", json={"minutes": 5, "url": "https://example.com/hook"})
+        ).json()["id"]
+        for _ in range(3)
+    ]
+
+    first = await errands("timers", "list", "--limit", "2", "--json", **service)
+    page = json.loads(first.stdout)
+    rest = await errands("timers", "list", "--cursor", page["next_cursor"], **service)
+
+    assert [timer["id"] for timer in page["timers"]] == ids[:0:-1]
+    assert ids[0] in rest.stdout and "pending" in rest.stdout
+    assert "more:" not in rest.stdout

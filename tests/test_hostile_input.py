@@ -3,6 +3,7 @@
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 
 import hypothesis
@@ -92,6 +93,9 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+# Every route and its documented examples, in two modes: longer than the default limit on a
+# loaded machine.
+@pytest.mark.timeout(600)
 async def test_fuzzing_every_route_finds_no_server_error_nor_undocumented_answer(
     guarded_app: RunningApp,
 ) -> None:
@@ -201,7 +205,8 @@ async def test_a_body_that_is_not_utf8_gets_a_4xx_on_every_json_route(
         (b'{"url": "http://example.com/\\u0000", "domains": ["a\\u0000.com"]}', "NUL"),
         (b'{"url": "http://example.com/\\ud800", "domains": ["\\udc00.com"]}', "surrogates"),
         (b'{"\\ud800": 1}', "surrogates"),
-        (b'{"interval_s": 1e400, "hours": 1e400, "domains": [1e400]}', "Input should be"),
+        # Numbers too large for a float once made the 422 that echoed them fail as a 500.
+        (b'{"interval_s": 1e400, "hours": 1e400, "domains": [1e400]}', '{"detail":"'),
     ],
 )
 async def test_json_the_database_cannot_store_gets_422_on_every_json_route(
@@ -217,7 +222,7 @@ async def test_json_the_database_cannot_store_gets_422_on_every_json_route(
 
         assert response.status_code in (404, 422), (method, path, body, response.text)
         if response.status_code == 422:
-            assert complaint in response.text, (method, path, response.text)
+            assert re.search(complaint, response.text), (method, path, response.text)
 
 
 @pytest.mark.parametrize(

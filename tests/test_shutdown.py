@@ -154,7 +154,9 @@ async def test_sigterm_under_load_drains_finishes_requests_and_releases_leases(
 ) -> None:
     server = draining_server
     hook = target_server.route("/hook", delay_s=60)
-    slow_page = target_server.route("/slow", delay_s=1.0, body=b"<title>Slow</title>")
+    slow_page = target_server.route(
+        "/slow", delay_s=1.0, body=b"<title>Slow</title>", content_type="text/html"
+    )
     async with fresh_connections(server.base_url) as client:
         created = await client.post("/timer", json={"seconds": 1, "url": hook})
         assert created.status_code in (200, 201), created.text
@@ -187,7 +189,9 @@ async def test_sigterm_under_load_drains_finishes_requests_and_releases_leases(
 async def test_without_drain_the_listener_closes_but_the_request_in_flight_finishes(
     plain_server: Server, target_server: TargetServer
 ) -> None:
-    slow_page = target_server.route("/slow", delay_s=1.0, body=b"<title>Slow</title>")
+    slow_page = target_server.route(
+        "/slow", delay_s=1.0, body=b"<title>Slow</title>", content_type="text/html"
+    )
     async with fresh_connections(plain_server.base_url) as client:
         slow_title = asyncio.create_task(client.post("/titles", json={"domains": [slow_page]}))
         await wait_for_hit(target_server, "/slow")
@@ -203,7 +207,9 @@ async def test_without_drain_the_listener_closes_but_the_request_in_flight_finis
 async def test_a_second_sigterm_stops_at_once(
     draining_server: Server, target_server: TargetServer
 ) -> None:
-    slow_page = target_server.route("/slow", delay_s=60, body=b"<title>Slow</title>")
+    slow_page = target_server.route(
+        "/slow", delay_s=60, body=b"<title>Slow</title>", content_type="text/html"
+    )
     async with fresh_connections(draining_server.base_url) as client:
         slow_title = asyncio.create_task(client.post("/titles", json={"domains": [slow_page]}))
         await wait_for_hit(target_server, "/slow")

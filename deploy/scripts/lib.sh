@@ -208,12 +208,14 @@ stop_stack() {
 
 # start_stack: every service up and healthy; BOOTSTRAP_KEY is the key made at first start.
 start_stack() {
+    [[ -x $REPO/.venv/bin/python ]] || fail "no .venv: run make stack-test, which makes it first"
+    write_stack_file
+    # A run killed before its cleanup leaves containers the daemon restarts: remove them first.
+    "${COMPOSE[@]}" down -v --remove-orphans > /dev/null 2>&1 || true
     local port
     for port in "${STACK_PORTS[@]}"; do
         port_is_free "$port" || fail "127.0.0.1:$port is in use; the test stack needs it"
     done
-    write_stack_file
-    "${COMPOSE[@]}" down -v --remove-orphans > /dev/null 2>&1 || true
     on_exit stop_stack
     say "starting the stack: ${STACK_SERVICES[*]}"
     timeout 300 "${COMPOSE[@]}" up -d --no-build "${STACK_SERVICES[@]}" > "$STATE/compose-up.log" 2>&1 \

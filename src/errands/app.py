@@ -36,6 +36,7 @@ from errands.monitors.channels import router as channels_router
 from errands.stats.api import router as stats_router
 from errands.stats.recorder import StatsRecorder, flush_stats_until
 from errands.timers.api import router as timers_router
+from errands.titles.api import previews_router
 from errands.titles.api import router as titles_router
 
 __all__ = ["create_app"]
@@ -178,6 +179,7 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
 
     for router in (
         titles_router,
+        previews_router,
         stats_router,
         timers_router,
         conversions_router,
@@ -209,7 +211,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready"}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready", "kafka": None}]})
 
     status: Literal["ready", "draining", "database unreachable", "kafka unreachable"]
     error: str | None = None
@@ -310,13 +312,15 @@ def _document_common_answers(operation: dict[str, Any], *, public: bool, keys: b
     for status in common:
         responses.setdefault(status, {"description": COMMON_ANSWERS[status][0]})
     for status, response in responses.items():
+        if "text/html" in response.get("content", {}):
+            continue  # a console page, whose errors are pages too
         if status.startswith("4") or (status == "503" and not public):
-            listed = response.get("content", {}).get("application/json", {})
-            example = listed.get("example") or {
-                "detail": COMMON_ANSWERS[status][1]
-                if status in COMMON_ANSWERS
-                else response["description"]
-            }
+            listed = response.get("content", {}).get("application/json", {}).get("example")
+            example = (
+                listed
+                if isinstance(listed, dict) and isinstance(listed.get("detail"), str)
+                else {"detail": COMMON_ANSWERS.get(status, ("", response["description"]))[1]}
+            )
             response["content"] = {"application/json": {"schema": ERROR_SCHEMA, "example": example}}
 
 

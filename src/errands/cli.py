@@ -261,8 +261,7 @@ def migrate(as_json: JsonOption = False) -> None:
     try:
         applied = asyncio.run(apply_migrations(database_url(settings)))
     except psycopg.OperationalError as error:
-        typer.echo(f"errands: cannot reach the database: {' '.join(str(error).split())}", err=True)
-        raise typer.Exit(EXIT_UNREACHABLE) from None
+        raise _database_unreachable(error) from None
     made = None
     if settings.api_keys_enabled:
         made = _with_connection(settings, auth.create_bootstrap_key)
@@ -301,9 +300,13 @@ def _with_connection(
     try:
         return asyncio.run(connected())
     except psycopg.OperationalError as error:
-        reason = " ".join(str(error).split())
-        typer.echo(f"errands: cannot reach the database: {reason}", err=True)
-        raise typer.Exit(EXIT_UNREACHABLE) from None
+        raise _database_unreachable(error) from None
+
+
+def _database_unreachable(error: psycopg.OperationalError) -> typer.Exit:
+    """Say in one line why the database could not be reached; the exit to raise."""
+    typer.echo(f"errands: cannot reach the database: {' '.join(str(error).split())}", err=True)
+    return typer.Exit(EXIT_UNREACHABLE)
 
 
 @keys.command("create")
@@ -402,27 +405,46 @@ monitors = typer.Typer(help="Website monitors.")
 app.add_typer(monitors, name="monitors")
 
 
-async def _sync_monitors(settings: Settings, path: Path) -> list[tuple[str, str]]:
+async def _sync_monitors(
+    settings: Settings, path: Path, *, dry_run: bool, prune: bool
+) -> list[tuple[str, str]]:
     sites = read_sites(path)
     async with open_resources(settings) as resources:
-        return await sync_sites(resources, sites)
+        return await sync_sites(resources, sites, dry_run=dry_run, prune=prune)
 
 
 @monitors.command("sync")
 def sync_monitors(
     file: Annotated[Path, typer.Argument(help="YAML (.yaml/.yml) or TOML (.toml) list of sites.")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would change; change nothing.")
+    ] = False,
+    prune: Annotated[
+        bool, typer.Option("--prune", help="Also delete the monitors FILE does not list.")
+    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Create or update a monitor per site in FILE (matched by URL); print what changed."""
+    """Create or update a monitor per site in FILE (matched by URL); print what changed.
+
+    Works on the database directly (ERRANDS_DATABASE_URL), so it also runs before any service."""
     settings = _settings()
     try:
-        outcomes = asyncio.run(_sync_monitors(settings, file))
+        outcomes = asyncio.run(_sync_monitors(settings, file, dry_run=dry_run, prune=prune))
     except SitesFileError as error:
         typer.echo(f"errands: {error}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
+    except psycopg.OperationalError as error:
+        raise _database_unreachable(error) from None
+    if as_json:
+        _print_json(
+            {"dry_run": dry_run, "monitors": [{"outcome": o, "url": u} for o, u in outcomes]}
+        )
+        return
     for outcome, url in outcomes:
         typer.echo(f"{outcome:9}  {url}")
     changed = sum(1 for outcome, _ in outcomes if outcome != "unchanged")
-    typer.echo(f"{changed} of {len(outcomes)} monitors changed")
+    verb = "would change (dry run: nothing was written)" if dry_run else "changed"
+    typer.echo(f"{changed} of {len(outcomes)} monitors {verb}")
 
 
 # --- output ---------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ class Settings(BaseSettings):
 
     # Stats
     stats_flush_interval_s: float = Field(default=5.0, gt=0, le=60)
+    stats_retention_days: int = Field(default=400, ge=1, le=36500)
 
     # Monitors: checker, sink and retention of check results
     monitor_default_timeout_s: float = Field(default=10.0, gt=0, le=60)
@@ -75,6 +76,8 @@ class Settings(BaseSettings):
 
     # Timers
     timer_max_total_s: int = Field(default=365 * 24 * 3600, ge=1)
+    schedule_lease_s: float = Field(default=10.0, gt=0)  # queueing one occurrence: a transaction
+    timer_retention_days: int = Field(default=30, ge=1, le=36500)  # finished timers
 
     # Webhook deliveries (every webhook Errands sends: timers, alerts, callbacks)
     webhook_secret: str | None = None  # space-separated whsec_<base64> secrets: sign with each
@@ -86,8 +89,15 @@ class Settings(BaseSettings):
     delivery_retry_after_max_s: float = Field(default=3600.0, ge=0)  # cap on a receiver's wish
     delivery_lease_s: float = Field(default=30.0, gt=0)
     delivery_batch_size: int = Field(default=256, ge=1)
-    delivery_max_in_flight: int = Field(default=512, ge=1)
+    # Deliveries in hand, sending or waiting for their host's slot; one host may hold half.
+    delivery_max_in_flight: int = Field(default=4096, ge=2)
     delivery_poll_interval_s: float = Field(default=1.0, gt=0)
+    # Deliveries are claimed this long before they are due and sent on time from memory.
+    delivery_lookahead_s: float = Field(default=0.25, ge=0, le=5)
+    delivery_retention_days: int = Field(default=30, ge=1, le=36500)  # finished, not timers'
+
+    # Lifecycle: the sweeper applies each feature's retention this often
+    sweep_interval_s: float = Field(default=300.0, gt=0, le=86400)
 
     @field_validator("webhook_secret")
     @classmethod

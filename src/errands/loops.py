@@ -2,22 +2,48 @@
 
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable
+from datetime import timedelta
 from typing import Any
 
 import structlog
 
+from errands.conversions.store import expire_uploads
 from errands.conversions.supervisor import convert_uploaded_files
 from errands.core.delivery import deliver_webhooks
+from errands.core.delivery.store import expire_finished_deliveries
 from errands.core.resources import Resources
+from errands.core.sweeper import Expiry, run_sweeper
 from errands.monitors.checker import run_checker
 from errands.monitors.sink import run_sink
+from errands.stats.store import expire_stats
+from errands.timers.store import expire_finished_timers
 from errands.timers.upkeep import keep_timers
 
-__all__ = ["LOOPS", "run_loops"]
+__all__ = ["EXPIRIES", "LOOPS", "run_loops"]
 
 Loop = Callable[[Resources, asyncio.Event], Coroutine[Any, Any, None]]
 
 log = structlog.get_logger(__name__)
+
+
+async def expire_finished_uploads(resources: Resources, limit: int) -> int:
+    """Uploads expire in their own batches, with their stored files."""
+    retention = timedelta(days=resources.settings.upload_retention_days)
+    return await expire_uploads(resources.pool, resources.storage, retention)
+
+
+# Each feature's own expiry of what its retention settings let go, applied by the sweeper.
+EXPIRIES: dict[str, Expiry] = {
+    "stats": expire_stats,
+    "timers": expire_finished_timers,
+    "deliveries": expire_finished_deliveries,
+    "uploads": expire_finished_uploads,
+}
+
+
+async def sweep_expired(resources: Resources, stop: asyncio.Event) -> None:
+    await run_sweeper(resources, EXPIRIES, stop)
+
 
 # Each loop runs until the stop event is set, then finishes or releases what it holds.
 LOOPS: dict[str, Loop] = {
@@ -26,6 +52,7 @@ LOOPS: dict[str, Loop] = {
     "monitors": run_checker,
     "conversions": convert_uploaded_files,
     "sink": run_sink,
+    "sweeper": sweep_expired,
 }
 
 

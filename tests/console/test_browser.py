@@ -81,12 +81,15 @@ async def test_sign_in_add_a_monitor_and_watch_it_go_down_then_sign_out(
         wait_for("the monitors page", lambda: browser.title.startswith("Monitors"))
         assert "Signed in as ops" in text_of(browser, "header")
         browser.find_element(By.LINK_TEXT, "Add a monitor").click()
+        browser.find_element(By.ID, "name").send_keys("Shop")
         browser.find_element(By.ID, "url").send_keys(site)
         interval = browser.find_element(By.ID, "interval_s")
         interval.clear()
         interval.send_keys("5")
         browser.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
-        wait_for("the monitor's page", lambda: browser.find_element(By.TAG_NAME, "h1").text == site)
+        wait_for(
+            "the monitor's page", lambda: browser.find_element(By.TAG_NAME, "h1").text == "Shop"
+        )
 
         def shows(state: str) -> bool:
             browser.refresh()
@@ -104,7 +107,8 @@ async def test_sign_in_add_a_monitor_and_watch_it_go_down_then_sign_out(
             browser.refresh()
             return text_of(browser, "table.monitors tbody .state") == "down"
 
-        wait_for("the monitors page to show it down", listed_down)
+        # Down after three failed checks in a row (the default threshold), 5 s apart.
+        wait_for("the monitors page to show it down", listed_down, timeout_s=60)
         assert browser.title == "Monitors (1 down) · Errands", "the title carries the state"
         browser.find_element(By.CSS_SELECTOR, "form.sign-out button").click()
         wait_for("the sign-in page", lambda: browser.title == "Sign in · Errands")
@@ -141,7 +145,7 @@ async def test_open_the_pages_of_an_upload(browser: WebDriver, settings: Setting
 
         def open_pages() -> None:
             browser.get(f"{app.base_url}/console/uploads")
-            browser.find_element(By.ID, "upload-id").send_keys(upload_id, Keys.ENTER)
+            browser.find_element(By.LINK_TEXT, upload_id).click()
 
             def converted() -> bool:
                 browser.refresh()
@@ -157,6 +161,9 @@ async def test_open_the_pages_of_an_upload(browser: WebDriver, settings: Setting
                 browser.execute_script("return arguments[0].naturalWidth", image) > 0
                 for image in images
             ), "every page's PNG loaded"
+            assert all(image.get_attribute("src").endswith(".preview.png") for image in images), (
+                "the small previews, not the full pages"
+            )
             browser.find_element(By.LINK_TEXT, "Page 2").click()
             wait_for("the PNG of page 2", lambda: browser.current_url.endswith(".png"))
             browser.back()
@@ -193,3 +200,26 @@ async def test_the_monitor_form_is_usable_by_keyboard_alone(
     await in_browser(by_keyboard)
     monitors = (await app.client.get("/monitors")).json()
     assert [(m["url"], m["timeout_s"]) for m in monitors] == [("https://keyboard.example/", 2.0)]
+
+
+async def test_the_status_page_shows_public_monitors_with_their_daily_bars(
+    browser: WebDriver, app: RunningApp
+) -> None:
+    for name, public in (("Shop", True), ("Back office", False)):
+        created = await app.client.post(
+            "/monitors",
+            json={"url": f"https://{name.split()[0].lower()}.example/", "interval_s": 60,
+                  "name": name, "public": public},
+        )  # fmt: skip
+        assert created.status_code == 201, created.text
+
+    def read_status() -> None:
+        browser.get(f"{app.base_url}/status")
+        assert browser.find_element(By.TAG_NAME, "h1").text == "All systems up"
+        names = [heading.text for heading in browser.find_elements(By.CSS_SELECTOR, "li h3")]
+        assert names == ["Shop new"]
+        chart = browser.find_element(By.CSS_SELECTOR, "li svg")
+        assert chart.get_attribute("aria-label") == "Shop, daily uptime: 90 days, no checks"
+        assert "Back office" not in browser.page_source
+
+    await in_browser(read_status)

@@ -18,6 +18,7 @@ from errands.monitors.results import CheckResult, encode_check
 from errands.monitors.sink import store_batch
 from errands.stats.recorder import StatsRecorder
 from tests.console.conftest import form_token
+from tests.conversions.samples import pdf
 from tests.fixtures.app import serve_app
 from tests.fixtures.targets import TargetServer
 
@@ -42,10 +43,10 @@ def check(monitor_id: uuid.UUID, at: datetime, *, up: bool) -> CheckResult:
 
 async def add_monitor(resources: Resources, url: str) -> uuid.UUID:
     fields = monitors_store.MonitorFields(
-        url=url, interval_s=60, timeout_s=5, method="GET", regex=None
+        url=url, interval_s=60, timeout_s=5, method="GET", regex=None, failure_threshold=1
     )
     row = await monitors_store.create_monitor(resources.pool, fields)
-    assert row is not None
+    assert isinstance(row, dict)
     monitor_id: uuid.UUID = row["id"]
     return monitor_id
 
@@ -78,6 +79,7 @@ async def test_the_monitors_page_is_given_typed_rows_with_state_figures_and_a_he
     only_down = await pages.build_monitors_page(resources, search="", state="down", page=1)
     assert [row.id for row in only_down.rows] == [down_id]
     assert only_down.link(2) == "/console/monitors?state=down&page=2"
+    assert (down.name, up.name) == ("down.example", "up.example"), "named after the host"
 
 
 async def test_the_overview_is_given_each_areas_counts(resources: Resources) -> None:
@@ -86,9 +88,11 @@ async def test_the_overview_is_given_each_areas_counts(resources: Resources) -> 
 
     page = await pages.build_overview(_request(resources), resources, viewer)
 
-    assert page.monitor_states == {"up": 0, "down": 0, "pending": 1}
+    assert page.monitor_states == {"up": 0, "degraded": 0, "down": 0, "new": 1, "paused": 0}
     assert (page.timers_pending, page.files_waiting) == (0, 0)
     assert page.busiest_routes == []
+    assert page.deliveries == {"pending": 0, "delivered": 0, "failed": 0, "cancelled": 0}
+    assert page.failed_deliveries == []
     narrow = Viewer(key_name="ci", scopes=frozenset({"timers"}))
     limited = await pages.build_overview(_request(resources), resources, narrow)
     assert (limited.monitor_states, limited.files_waiting, limited.busiest_routes) == (
@@ -97,6 +101,7 @@ async def test_the_overview_is_given_each_areas_counts(resources: Resources) -> 
         None,
     )
     assert limited.timers_pending == 0
+    assert (limited.deliveries, limited.failed_deliveries) == (None, None)
 
 
 def _request(resources: Resources) -> Request:
@@ -322,6 +327,8 @@ async def test_timers_are_listed_by_status_with_their_attempts_and_a_failed_one_
         everything = await api.get("/console/timers")
         assert failing in everything.text and later in everything.text
         assert "Timers (1 pending)" in everything.text
+        overview = await api.get("/")
+        assert f'href="/console/timers/{failing}"' in overview.text, "listed as a failed webhook"
         detail = await api.get(f"/console/timers/{failing}")
         assert "410" in detail.text and "Retry now" in detail.text
         assert "Cancel timer" not in detail.text
@@ -342,3 +349,63 @@ async def until(api: httpx.AsyncClient, timer_id: str, status: str) -> None:
     while (await api.get(f"/timer/{timer_id}")).json()["status"] != status:
         assert asyncio.get_running_loop().time() < deadline, f"timer never {status}"
         await asyncio.sleep(0.1)
+
+
+async def test_a_monitor_is_paused_and_resumed_from_its_page(api: httpx.AsyncClient) -> None:
+    created = await api.post("/monitors", json={"url": "https://a.example/", "interval_s": 60})
+    monitor_id = created.json()["id"]
+    page = f"/console/monitors/{monitor_id}"
+    token = await form_token(api, page)
+    assert "Pause</button>" in (await api.get(page)).text
+
+    paused = await api.post(f"{page}/pause", data={"csrf_token": token, "paused": "true"})
+    assert paused.status_code == 303
+    assert (await api.get(f"/monitors/{monitor_id}")).json()["paused"] is True
+    shown = await api.get(page)
+    assert "Resume</button>" in shown.text and 'class="state paused"' in shown.text
+    listed = await api.get("/console/monitors", params={"state": "paused"})
+    assert "a.example" in listed.text
+
+    bad = await api.post(f"{page}/pause", data={"csrf_token": token, "paused": "maybe"})
+    assert bad.status_code == 422
+    await api.post(f"{page}/pause", data={"csrf_token": token, "paused": "false"})
+    assert (await api.get(f"/monitors/{monitor_id}")).json()["paused"] is False
+
+
+async def test_uploads_are_listed_by_status_and_a_bad_cursor_is_a_clear_422(
+    api: httpx.AsyncClient,
+) -> None:
+    document = pdf([(200, 200)])
+    created = await api.post("/uploads", files=[("files", ("a.pdf", document, "application/pdf"))])
+    upload_id = created.json()["id"]
+
+    listed = await api.get("/console/uploads")
+    assert f'href="/console/uploads/{upload_id}"' in listed.text
+    assert "Uploads (1 files waiting)" in listed.text
+    failed_only = await api.get("/console/uploads", params={"status": "failed"})
+    assert upload_id not in failed_only.text and "No uploads failed." in failed_only.text
+    bad = await api.get("/console/uploads", params={"cursor": "nonsense"})
+    assert bad.status_code == 422 and "cursor" in bad.text
+
+
+async def test_channels_and_maintenance_windows_are_listed_with_secrets_masked(
+    api: httpx.AsyncClient,
+) -> None:
+    empty = await api.get("/console/alerts")
+    assert "No channels" in empty.text and "No maintenance windows." in empty.text
+    channel = await api.post(
+        "/channels",
+        json={"name": "on-call", "url": "https://ops:hunter2@hooks.example/x"},
+    )
+    assert channel.status_code == 201, channel.text
+    window = await api.post(
+        "/maintenance",
+        json={"monitors": "all", "starts_at": "2030-01-01T00:00:00Z",
+              "ends_at": "2030-01-01T01:00:00Z"},
+    )  # fmt: skip
+    assert window.status_code == 201, window.text
+
+    page = await api.get("/console/alerts")
+    assert "on-call" in page.text and "hooks.example" in page.text
+    assert "hunter2" not in page.text
+    assert "2030-01-01 00:00:00 UTC" in page.text

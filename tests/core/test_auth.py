@@ -63,8 +63,13 @@ async def test_keys_are_off_by_default_for_the_quickstart(api: httpx.AsyncClient
 
 async def test_every_api_route_refuses_a_request_without_a_key(guarded: RunningApp) -> None:
     schema = (await guarded.client.get("/openapi.json")).json()
-    # The console's pages check its session cookie instead (tests/console).
-    operations = [op for op in every_operation(schema) if not auth.is_open_path(op[1])]
+    # The console's pages check its session cookie instead (tests/console); badges of public
+    # monitors need no key (tests/monitors).
+    operations = [
+        op
+        for op in every_operation(schema)
+        if not auth.is_open_path(op[1]) and not auth.KEY_OPTIONAL_PATH.match(op[1])
+    ]
     assert operations, "the schema lists the feature routes"
 
     for method, path, _ in operations:
@@ -109,8 +114,13 @@ async def test_a_key_opens_the_routes_of_its_scopes_only(
     guarded: RunningApp, database_url: str
 ) -> None:
     schema = (await guarded.client.get("/openapi.json")).json()
-    # The console's pages check its session cookie instead (tests/console).
-    operations = [op for op in every_operation(schema) if not auth.is_open_path(op[1])]
+    # The console's pages check its session cookie instead (tests/console); badges of public
+    # monitors need no key (tests/monitors).
+    operations = [
+        op
+        for op in every_operation(schema)
+        if not auth.is_open_path(op[1]) and not auth.KEY_OPTIONAL_PATH.match(op[1])
+    ]
     _, admin = await new_key(database_url, "admin")
     for scope in {tag for _, _, tag in operations}:
         _, secret = await new_key(database_url, scope)

@@ -131,8 +131,14 @@ async def test_a_slow_host_delays_no_other_and_its_queue_does_not_time_out(
     slow = target_server.route("/slow", delay_s=1.0)
     # Another host name for the same server: the limit is per destination host.
     fast = target_server.route("/fast").replace("127.0.0.1", "localhost")
+    # 16 places: the slow host may hold 8 (4 sending, 4 waiting); the rest of its deliveries are
+    # put back for a moment, so the fast host always finds a place.
     async with deliveries_running(
-        settings, delivery_max_per_host=4, delivery_timeout_s=1.5, **FAST
+        settings,
+        delivery_max_per_host=4,
+        delivery_max_in_flight=16,
+        delivery_timeout_s=1.5,
+        **FAST,
     ) as resources:
         slow_ids = [await enqueue(resources, slow) for _ in range(24)]
         await wait_for_hits(target_server, "/slow", 4)
@@ -149,7 +155,7 @@ async def test_a_slow_host_delays_no_other_and_its_queue_does_not_time_out(
 
 
 async def test_host_slots_admit_the_limit_and_no_more() -> None:
-    slots = HostSlots(limit=2)
+    slots = HostSlots(limit=2, max_held=4)
     running = 0
     most = 0
     release = asyncio.Event()
@@ -251,3 +257,23 @@ async def test_deliveries_list_newest_first_in_keyset_pages(resources: Resources
     assert cancelled["id"] == ids[0]
     with pytest.raises(delivery.BadCursor):
         await delivery.list_deliveries(resources.pool, cursor="not-a-cursor")
+
+
+async def test_a_delivery_claimed_ahead_waits_in_memory_and_is_never_early(
+    settings: Settings, target_server: TargetServer
+) -> None:
+    url = target_server.route("/on-time")
+    async with deliveries_running(settings, delivery_lookahead_s=1.0) as resources:
+        due_at = datetime.now(UTC) + timedelta(seconds=0.6)
+        delivery_id = await enqueue(resources, url, due_at=due_at)
+        await asyncio.sleep(0.3)
+        async with resources.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT lease_until > now() AS held FROM deliveries WHERE id = %s", (delivery_id,)
+            )
+            held_before_due = await cursor.fetchone()
+        done = await settled(resources, delivery_id)
+
+    assert held_before_due == {"held": True}, "claimed within the lookahead"
+    [attempt] = done["attempt_log"]
+    assert attempt["attempted_at"] >= due_at

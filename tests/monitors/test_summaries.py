@@ -28,21 +28,32 @@ def check(monitor_id: uuid.UUID, at: datetime, *, up: bool, ms: float = 100.0) -
     )
 
 
-async def add_monitor(resources: Resources, url: str) -> uuid.UUID:
-    fields = store.MonitorFields(url=url, interval_s=60, timeout_s=5, method="GET", regex=None)
+async def add_monitor(
+    resources: Resources,
+    url: str,
+    *,
+    name: str | None = None,
+    paused: bool = False,
+    public: bool = False,
+) -> uuid.UUID:
+    fields = store.MonitorFields(
+        url=url, interval_s=60, timeout_s=5, method="GET", regex=None, name=name,
+        failure_threshold=1, paused=paused, public=public,
+    )  # fmt: skip
     row = await store.create_monitor(resources.pool, fields)
-    assert row is not None
+    assert isinstance(row, dict)
     monitor_id: uuid.UUID = row["id"]
     return monitor_id
 
 
-async def test_a_page_gives_each_monitor_its_last_check_and_filters_by_state_and_search(
+async def test_a_page_gives_each_monitor_its_state_and_last_check_and_filters_them(
     resources: Resources,
 ) -> None:
     now = datetime.now(UTC)
-    up_id = await add_monitor(resources, "https://up.example/")
-    down_id = await add_monitor(resources, "https://DOWN.example/")
-    await add_monitor(resources, "https://new.example/")
+    up_id = await add_monitor(resources, "https://up.example/", name="Shop")
+    down_id = await add_monitor(resources, "https://DOWN.example/", name="api")
+    await add_monitor(resources, "https://new.example/", name="blog")
+    await add_monitor(resources, "https://paused.example/", name="old", paused=True)
     await store_batch(
         resources,
         [
@@ -53,36 +64,63 @@ async def test_a_page_gives_each_monitor_its_last_check_and_filters_by_state_and
     )
 
     page = await store.monitor_page(resources.pool, search=None, state=None, limit=10, offset=0)
-    assert page.total == 3
-    assert [(m.url, m.last_up) for m in page.monitors] == [
-        ("https://DOWN.example/", False),
-        ("https://new.example/", None),
-        ("https://up.example/", True),
+    assert page.total == 4
+    assert [(m.name, m.state, m.paused) for m in page.monitors] == [
+        ("Shop", "up", False),
+        ("api", "down", False),
+        ("blog", "new", False),
+        ("old", "new", True),
     ]
-    assert page.monitors[2].last_response_ms == 42
+    assert page.monitors[0].last_response_ms == 42
+    assert page.monitors[2].last_checked_at is None
 
-    for state, urls in [
-        ("up", ["https://up.example/"]),
-        ("down", ["https://DOWN.example/"]),
-        ("pending", ["https://new.example/"]),
-    ]:
+    for state, names in [("up", ["Shop"]), ("down", ["api"]), ("new", ["blog"]),
+                         ("paused", ["old"])]:  # fmt: skip
         found = await store.monitor_page(
             resources.pool, search=None, state=state, limit=10, offset=0
         )
-        assert [m.url for m in found.monitors] == urls
+        assert [m.name for m in found.monitors] == names
         assert found.total == 1
-    searched = await store.monitor_page(
+    by_url = await store.monitor_page(
         resources.pool, search="down.EX", state=None, limit=10, offset=0
     )
-    assert [m.url for m in searched.monitors] == ["https://DOWN.example/"]
+    assert [m.name for m in by_url.monitors] == ["api"]
+    by_name = await store.monitor_page(resources.pool, search="sho", state=None, limit=10, offset=0)
+    assert [m.name for m in by_name.monitors] == ["Shop"]
     percent = await store.monitor_page(resources.pool, search="%", state=None, limit=10, offset=0)
     assert percent.total == 0, "% is a plain character, not a wildcard"
 
-    second = await store.monitor_page(resources.pool, search=None, state=None, limit=2, offset=2)
-    assert (second.total, len(second.monitors)) == (3, 1)
+    second = await store.monitor_page(resources.pool, search=None, state=None, limit=3, offset=3)
+    assert (second.total, len(second.monitors)) == (4, 1)
     beyond = await store.monitor_page(resources.pool, search=None, state=None, limit=2, offset=8)
-    assert (beyond.total, beyond.monitors) == (3, [])
-    assert await store.count_monitor_states(resources.pool) == {"up": 1, "down": 1, "pending": 1}
+    assert (beyond.total, beyond.monitors) == (4, [])
+    assert await store.count_monitor_states(resources.pool) == {
+        "up": 1, "degraded": 0, "down": 1, "new": 1, "paused": 1,
+    }  # fmt: skip
+
+
+async def test_the_status_page_sees_public_monitors_only_and_their_incidents(
+    resources: Resources,
+) -> None:
+    now = datetime.now(UTC)
+    public_id = await add_monitor(resources, "https://a.example/?token=s3cret", name="A",
+                                  public=True)  # fmt: skip
+    private_id = await add_monitor(resources, "https://b.example/", name="B")
+    await store_batch(
+        resources,
+        [encode_check(check(m, now - timedelta(minutes=1), up=False))
+         for m in (public_id, private_id)],
+    )  # fmt: skip
+
+    public = await store.public_monitors(resources.pool)
+    assert [(m.id, m.name, m.state) for m in public] == [(public_id, "A", "down")]
+    assert "url" not in store.PublicMonitor.__dataclass_fields__, "never the URL"
+    incidents = await store.recent_incidents(
+        resources.pool, [public_id], now - timedelta(days=14), limit=10
+    )
+    assert [(i.monitor_id, i.state, i.resolved_at) for i in incidents] == [
+        (public_id, "down", None)
+    ]
 
 
 async def test_beats_and_figures_come_per_monitor_from_checks_and_rollups(

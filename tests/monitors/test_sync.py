@@ -106,7 +106,7 @@ async def test_sync_creates_updates_and_reports_what_changed(
         (
             "bad.yaml",
             "- {url: 'https://a.test/', interval_s: 60}\n- {url: 'https://b.test/', regex: '(x'}\n",
-            "site 2: interval_s: Field required; regex: Value error, invalid regex",
+            "site 2: interval_s: Field required; regex: invalid regex",
         ),
         ("broken.toml", "[[monitors]\nurl =", "not valid toml"),
         ("scalar.yaml", "just text", "expected a list"),

@@ -36,7 +36,7 @@ LISTENING_FIRERS = """
     SELECT count(*) AS n
       FROM pg_stat_activity
      WHERE datname = current_database()
-       AND query LIKE 'LISTEN%%'
+       AND query = 'LISTEN "errands_deliveries"'
 """
 
 TIMERS_BY_STATUS = """

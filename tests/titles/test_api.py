@@ -347,7 +347,14 @@ async def test_bad_input_gets_a_422_naming_the_problem(
 
 @pytest.mark.parametrize(
     "body",
-    [{"domains": "example.com"}, {"domains": [1, 2]}, {"domains": None}, {}, ["example.com"]],
+    [
+        {"domains": "example.com"},
+        {"domains": [1, 2]},
+        {"domains": None},
+        {},
+        ["example.com"],
+        {"domains": ["example.com"], "timeout": 60},
+    ],
 )
 async def test_a_body_that_is_not_a_list_of_strings_gets_a_422(
     api: httpx.AsyncClient, body: object

@@ -15,7 +15,7 @@ def read_title(body: bytes, content_type: str | None = "text/html", chunk: int =
     for start in range(0, len(body), step):
         if reader.feed(body[start : start + step]):
             break
-    return reader.title()
+    return reader.result()
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_reading_stops_as_soon_as_the_title_closes() -> None:
     reader = TitleReader("text/html; charset=utf-8")
     assert not reader.feed(b"<html><head><title>Quick")
     assert reader.feed(b"</title></head>")
-    assert reader.title() == "Quick"
+    assert reader.result() == "Quick"
 
 
 @pytest.mark.parametrize(
@@ -237,7 +237,7 @@ def test_markup_cut_by_a_read_is_read_whole(chunks: list[bytes], title: str) -> 
     reader = TitleReader("text/html; charset=utf-8")
     for chunk in chunks:
         reader.feed(chunk)
-    assert reader.title() == title
+    assert reader.result() == title
 
 
 @pytest.mark.parametrize("unit", [b"<a", b"</a", b'<a x="'])
@@ -247,3 +247,17 @@ def test_a_page_of_tags_left_open_is_read_in_linear_time(unit: bytes) -> None:
 
     assert read_title(body, "text/html; charset=utf-8", chunk=64 * 1024) is None
     assert time.perf_counter() - started < 1.0
+
+
+def test_a_title_soon_after_an_svg_icon_stops_the_reading_soon_after_it() -> None:
+    # The icon's "</title" makes the reader parse at 8 KB; the real one arrives before the
+    # text has grown enough to parse again, and must still be acted on.
+    head = b"<p>" + b"x" * 7000 + b"<svg><title>icon</title></svg>" + b"x" * 1500
+    body = head + b"<title>Real</title>" + b"<p>filler</p>" * 100_000
+    reader = TitleReader("text/html; charset=utf-8")
+    fed = 0
+    while not reader.feed(body[fed : fed + 1000]):
+        fed += 1000
+        assert fed < len(body)
+    assert fed < 20_000
+    assert reader.result() == "Real"

@@ -16,7 +16,7 @@ def errands_title(page: bytes, content_type: str) -> str:
     for start in range(0, len(page), READ_BYTES):
         if reader.feed(page[start : start + READ_BYTES]):
             break
-    return reader.title() or ""
+    return reader.result() or ""
 
 
 def test_errands_reads_the_title_chromium_shows() -> None:

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from errands.console import pages
+from errands.console import pages, status
 from errands.console.openapi import form_body, html_answers
 from errands.console.session import (
     PageError,
@@ -171,7 +171,7 @@ async def _send_to_sign_in(request: Request, error: SignInNeeded) -> RedirectRes
 
 def mount_console(app: FastAPI) -> None:
     """Serve the console's pages, the status page and their error pages on `app`."""
-    for console_router in (pages.router, router):
+    for console_router in (pages.router, status.router, router):
         app.include_router(console_router)
     app.add_exception_handler(PageError, _show_page_error)  # type: ignore[arg-type]
     app.add_exception_handler(SignInNeeded, _send_to_sign_in)  # type: ignore[arg-type]

@@ -15,7 +15,8 @@ ANSWERS: dict[int, str] = {
     403: "Not allowed: no session scope for this page, or a form without a valid token",
     404: "Nothing has this id",
     409: "The change conflicts with the current state",
-    422: "The form has invalid values: the page again, saying which",
+    422: "Invalid input: the form again saying which value is wrong, or a parameter of the "
+    "wrong form",
 }
 
 
@@ -27,10 +28,13 @@ def html_answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
             answers[status] = {"description": ANSWERS[status]}
             continue
         example = PAGE_EXAMPLE if status == 200 else ERROR_EXAMPLE
-        answers[status] = {
-            "description": ANSWERS[status],
-            "content": {"text/html": {"schema": {"type": "string"}, "example": example}},
-        }
+        content: dict[str, Any] = {"text/html": {"schema": {"type": "string"}, "example": example}}
+        if status == 422:  # a query or path parameter of the wrong form is refused as in the API
+            content["application/json"] = {
+                "schema": {"$ref": "#/components/schemas/ErrorDetail"},
+                "example": {"detail": "page: Input should be greater than or equal to 1"},
+            }
+        answers[status] = {"description": ANSWERS[status], "content": content}
     return answers
 
 

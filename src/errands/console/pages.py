@@ -23,16 +23,21 @@ from errands.console.session import PageError, Viewer, checked_form, current_vie
 from errands.console.templating import render
 from errands.conversions import api as conversions_api
 from errands.conversions import store as conversions_store
+from errands.core import delivery
 from errands.core.delivery import BadCursor
 from errands.core.errors import ErrandsError
+from errands.core.http import masked_url
 from errands.core.resources import Resources, get_resources
 from errands.monitors import api as monitors_api
+from errands.monitors import channels as channels_api
 from errands.monitors import store as monitors_store
+from errands.monitors.maintenance import MaintenanceWindow
 from errands.stats import api as stats_api
 from errands.timers import api as timers_api
 from errands.timers import store as timers_store
 
 __all__ = [
+    "AlertsPage",
     "MonitorDetailPage",
     "MonitorFormPage",
     "MonitorRow",
@@ -47,6 +52,7 @@ __all__ = [
     "build_monitors_page",
     "build_overview",
     "build_timers_page",
+    "build_uploads_page",
     "router",
 ]
 
@@ -64,11 +70,13 @@ ViewerDep = Annotated[Viewer, Depends(_viewer)]
 MONITORS_PER_PAGE = 50
 HEARTBEAT_SLOTS = 30
 RECENT_CHECKS_SHOWN = 20
-State = Literal["up", "down", "pending"]
+State = Literal["new", "up", "degraded", "down", "paused"]
 
 
-def _state(last_up: bool | None) -> State:
-    return "pending" if last_up is None else "up" if last_up else "down"
+def _state(state: str, paused: bool) -> State:
+    """What a person reads: a paused monitor is paused, whatever its last state."""
+    shown: State = "paused" if paused else state  # type: ignore[assignment]
+    return shown
 
 
 def _redirect(path: str) -> RedirectResponse:
@@ -92,14 +100,31 @@ class RouteLine:
 
 
 @dataclass(frozen=True)
+class FailedDelivery:
+    id: uuid.UUID
+    source: str
+    method: str
+    url: str
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class OverviewPage:
-    """Each area's counts and health; an area the viewer's key cannot read is None."""
+    """Each area's counts and health; an area the viewer's key cannot read is None. Webhook
+    deliveries serve every feature, so they need an `admin` key."""
 
     title: str
     monitor_states: dict[str, int] | None
     timers_pending: int | None
     files_waiting: int | None
     busiest_routes: list[RouteLine] | None
+    deliveries: dict[str, int] | None
+    failed_deliveries: list[FailedDelivery] | None
+
+
+FAILED_DELIVERIES_SHOWN = 5
 
 
 async def build_overview(request: Request, resources: Resources, viewer: Viewer) -> OverviewPage:
@@ -113,6 +138,16 @@ async def build_overview(request: Request, resources: Resources, viewer: Viewer)
             RouteLine(line.method, line.route, line.count, line.p95_ms, line.errors)
             for line in busiest
         ]
+    deliveries = failed = None
+    if viewer.allows("admin"):
+        deliveries = await delivery.count_by_status(pool)
+        rows, _ = await delivery.list_deliveries(
+            pool, status="failed", limit=FAILED_DELIVERIES_SHOWN
+        )
+        failed = [
+            FailedDelivery(**{name: row[name] for name in FailedDelivery.__dataclass_fields__})
+            for row in rows
+        ]
     down = states["down"] if states else 0
     return OverviewPage(
         title=f"Overview ({down} down)" if down else "Overview",
@@ -124,6 +159,8 @@ async def build_overview(request: Request, resources: Resources, viewer: Viewer)
             await conversions_store.count_waiting(pool) if viewer.allows("conversions") else None
         ),
         busiest_routes=routes,
+        deliveries=deliveries,
+        failed_deliveries=failed,
     )
 
 
@@ -132,7 +169,8 @@ async def build_overview(request: Request, resources: Resources, viewer: Viewer)
 )
 async def overview(request: Request, resources: ResourcesDep, viewer: ViewerDep) -> HTMLResponse:
     """Each feature's counts and health at a glance: monitors up and down, timers pending,
-    files waiting to be converted, and the busiest routes of the last hour."""
+    files waiting to be converted, webhook deliveries and the last that failed, and the
+    busiest routes of the last hour."""
     page = await build_overview(request, resources, viewer)
     return await render(
         request, resources, "overview.html", viewer=viewer, section="overview", page=page
@@ -145,7 +183,8 @@ async def overview(request: Request, resources: ResourcesDep, viewer: ViewerDep)
 @dataclass(frozen=True)
 class MonitorRow:
     id: uuid.UUID
-    url: str
+    name: str
+    url: str  # with any user:password@ masked
     method: str
     interval_s: int
     state: State
@@ -190,10 +229,11 @@ async def build_monitors_page(
     rows = [
         MonitorRow(
             id=monitor.id,
-            url=monitor.url,
+            name=monitor.name,
+            url=masked_url(monitor.url),
             method=monitor.method,
             interval_s=monitor.interval_s,
-            state=_state(monitor.last_up),
+            state=_state(monitor.state, monitor.paused),
             last_checked_at=monitor.last_checked_at,
             last_response_ms=monitor.last_response_ms,
             uptime_24h_pct=figures[monitor.id].uptime_24h_pct,
@@ -216,7 +256,7 @@ async def build_monitors_page(
 
 
 StateFilter = Annotated[
-    Literal["", "up", "down", "pending"],
+    Literal["", "new", "up", "degraded", "down", "paused"],
     Query(description="Only monitors in this state; empty for all", examples=["down"]),
 ]
 
@@ -231,7 +271,9 @@ async def monitors(
     request: Request,
     resources: ResourcesDep,
     viewer: ViewerDep,
-    q: Annotated[str, Query(max_length=200, description="Part of the URL", examples=["shop"])] = "",
+    q: Annotated[
+        str, Query(max_length=200, description="Part of the name or URL", examples=["shop"])
+    ] = "",
     state: StateFilter = "",
     page: Annotated[int, Query(ge=1, le=1_000_000, examples=[1])] = 1,
     fragment: Annotated[
@@ -256,9 +298,12 @@ class MonitorFormPage:
     error: str | None
 
 
-MONITOR_FIELDS = ("url", "interval_s", "timeout_s", "method", "regex")
-NEW_MONITOR = {"url": "", "interval_s": "60", "timeout_s": "", "method": "GET", "regex": ""}
+MONITOR_FIELDS = ("name", "url", "interval_s", "timeout_s", "method", "regex")
+NEW_MONITOR = {
+    "name": "", "url": "", "interval_s": "60", "timeout_s": "", "method": "GET", "regex": ""
+}  # fmt: skip
 MONITOR_FORM_FIELDS: dict[str, dict[str, Any]] = {
+    "name": {"type": "string", "maxLength": 200},
     "url": {"type": "string", "maxLength": 2048},
     "interval_s": {"type": "string"},
     "timeout_s": {"type": "string"},
@@ -365,6 +410,11 @@ class MonitorDetailPage:
     response_chart: Markup
     heartbeat: Markup
     checks: list[CheckLine]
+    incidents: list[monitors_api.IncidentOut]
+    tls_expires_at: datetime | None  # as the last check that saw a certificate read it
+
+
+INCIDENTS_SHOWN = 20
 
 
 WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
@@ -410,10 +460,11 @@ async def build_monitor_detail(
             resources.pool, monitor_id, until - timedelta(days=8), until, RECENT_CHECKS_SHOWN
         )
     uptime = await monitors_api.uptime(monitor_id, resources, window)
+    incidents = await monitors_api.list_incidents(monitor_id, resources, INCIDENTS_SHOWN)
     beats = [check["up"] for check in reversed(recent)]
-    state = _state(recent[0]["up"] if recent else None)
+    state = _state(monitor.state, monitor.paused)
     return MonitorDetailPage(
-        title=f"{monitor.url} ({state})",
+        title=f"{monitor.name} ({state})",
         monitor=monitor,
         state=state,
         window=window,
@@ -431,6 +482,10 @@ async def build_monitor_detail(
             )
             for check in recent
         ],
+        incidents=incidents,
+        tls_expires_at=next(
+            (check["tls_expires_at"] for check in recent if check["tls_expires_at"]), None
+        ),
     )
 
 
@@ -469,6 +524,7 @@ async def edit_monitor(
     require_scope(viewer, "monitors")
     monitor = await _existing_monitor(resources, monitor_id)
     values = {
+        "name": monitor.name,
         "url": monitor.url,
         "interval_s": str(monitor.interval_s),
         "timeout_s": f"{monitor.timeout_s:g}",
@@ -497,8 +553,11 @@ async def update_monitor(
     title = f"Change {monitor.url}"
     try:
         changes = {"regex": None, "timeout_s": None, **_monitor_input(fields)}
-        if changes["timeout_s"] is None:
-            del changes["timeout_s"]  # blank keeps the current timeout
+        for kept in ("timeout_s", "name"):
+            if changes.get(kept) is None:
+                changes.pop(kept, None)  # blank keeps the current value
+        if changes.get("url") == monitor.url:
+            del changes["url"]  # unchanged, and shown with any password masked
         body = monitors_api.MonitorChanges.model_validate(changes)
         await monitors_api.update_monitor(monitor_id, body, resources)
     except ValidationError as error:
@@ -528,6 +587,61 @@ async def delete_monitor(
     except ErrandsError as error:
         raise _page_error(error) from None
     return _redirect("/console/monitors")
+
+
+@router.post(
+    "/console/monitors/{monitor_id}/pause",
+    summary="Pause or resume a monitor",
+    response_class=HTMLResponse,
+    responses=html_answers(303, 403, 404, 422),
+    openapi_extra=form_body(
+        {"paused": {"type": "string", "enum": ["true", "false"]}}, {"paused": "true"}
+    ),
+)
+async def pause_monitor(
+    request: Request, resources: ResourcesDep, viewer: ViewerDep, monitor_id: uuid.UUID
+) -> RedirectResponse:
+    """Pause a monitor (no checks, no alerts) or resume it, as `PATCH /monitors/{id}` with
+    `paused` does; then show it again."""
+    require_scope(viewer, "monitors")
+    fields = await checked_form(request, resources)
+    if fields.get("paused") not in ("true", "false") or len(fields) != 1:
+        raise PageError(422, "send paused=true or paused=false, and nothing else")
+    changes = monitors_api.MonitorChanges(paused=fields["paused"] == "true")
+    try:
+        await monitors_api.update_monitor(monitor_id, changes, resources)
+    except ErrandsError as error:
+        raise _page_error(error) from None
+    return _redirect(f"/console/monitors/{monitor_id}")
+
+
+@dataclass(frozen=True)
+class AlertsPage:
+    """Where alerts go and when they are held back."""
+
+    title: str
+    channels: list[channels_api.ChannelOut]
+    windows: list[MaintenanceWindow]
+
+
+@router.get(
+    "/console/alerts",
+    summary="Channels and maintenance windows",
+    response_class=HTMLResponse,
+    responses=html_answers(303, 403),
+)
+async def alerts(request: Request, resources: ResourcesDep, viewer: ViewerDep) -> HTMLResponse:
+    """The notification channels (secrets in their URLs masked) and the maintenance windows,
+    past, open and future, as `GET /channels` and `GET /maintenance` give them."""
+    require_scope(viewer, "monitors")
+    page = AlertsPage(
+        title="Channels and maintenance",
+        channels=await channels_api.list_channels(resources),
+        windows=await monitors_api.list_maintenance(resources),
+    )
+    return await render(
+        request, resources, "alerts.html", viewer=viewer, section="alerts", page=page
+    )
 
 
 # --- Timers ------------------------------------------------------------------------------------
@@ -690,6 +804,14 @@ async def retry_timer(
 class UploadsPage:
     title: str
     files_waiting: int
+    status: conversions_api.Status | None
+    uploads: list[conversions_api.UploadSummary]
+    next_cursor: str | None
+
+    def link(self, cursor: str | None = None) -> str:
+        """This listing's URL, keeping the status filter, at `cursor` (None: the first page)."""
+        query = {"status": self.status or "", "cursor": cursor or ""}
+        return "/console/uploads?" + urlencode({k: v for k, v in query.items() if v})
 
 
 @dataclass(frozen=True)
@@ -698,21 +820,52 @@ class UploadPage:
     upload: conversions_api.UploadView
 
 
+UPLOADS_PER_PAGE = 20
+UploadStatusFilter = Annotated[
+    Literal["", "queued", "processing", "done", "failed"],
+    Query(description="Only uploads in this status; empty for all", examples=["failed"]),
+]
+
+
+async def build_uploads_page(
+    resources: Resources, status: conversions_api.Status | None, cursor: str | None
+) -> UploadsPage:
+    try:
+        listed = await conversions_api.list_uploads(
+            resources, status=status, cursor=cursor, limit=UPLOADS_PER_PAGE
+        )
+    except ErrandsError as error:
+        raise PageError(422, error.detail) from None
+    waiting = await conversions_store.count_waiting(resources.pool)
+    return UploadsPage(
+        title=f"Uploads ({waiting} files waiting)",
+        files_waiting=waiting,
+        status=status,
+        uploads=listed.uploads,
+        next_cursor=listed.next_cursor,
+    )
+
+
 @router.get(
     "/console/uploads",
     summary="Uploads",
     response_class=HTMLResponse,
-    responses=html_answers(303, 403),
+    responses=html_answers(303, 403, 422),
 )
 async def uploads(
-    request: Request, resources: ResourcesDep, viewer: ViewerDep, id: OpenId = None
+    request: Request,
+    resources: ResourcesDep,
+    viewer: ViewerDep,
+    id: OpenId = None,
+    status: UploadStatusFilter = "",
+    cursor: Annotated[str | None, Query(max_length=200, description="From `Next page`")] = None,
 ) -> Response:
-    """How many files wait to be converted, and a form to open an upload by its id."""
+    """Uploads newest first, 20 a page, filtered by status, with their files' counts; a form
+    to open one by its id."""
     require_scope(viewer, "conversions")
     if id is not None:
         return _redirect(f"/console/uploads/{id}")
-    waiting = await conversions_store.count_waiting(resources.pool)
-    page = UploadsPage(title=f"Uploads ({waiting} files waiting)", files_waiting=waiting)
+    page = await build_uploads_page(resources, status or None, cursor)
     return await render(
         request, resources, "uploads.html", viewer=viewer, section="uploads", page=page
     )

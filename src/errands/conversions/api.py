@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -21,7 +22,14 @@ from starlette.requests import ClientDisconnect
 
 from errands.conversions import store
 from errands.conversions.convert import MAGIC_BYTES_NEEDED, detect_kind
-from errands.core.errors import ErrandsError, NotFound, PayloadTooLarge, UnsupportedMediaType
+from errands.core.errors import (
+    ErrandsError,
+    NotFound,
+    PayloadTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from errands.core.http import BlockedTarget
 from errands.core.resources import Resources, get_resources
 from errands.core.storage import (
     InvalidKey,
@@ -51,6 +59,8 @@ log = structlog.get_logger(__name__)
 router = APIRouter(tags=["conversions"])
 
 FILES_FIELD = "files"
+CALLBACK_FIELD = "callback_url"
+MAX_CALLBACK_URL_CHARS = 2048
 MAX_FILENAME_CHARS = 255
 EXTENSIONS = {"pdf": "pdf", "png": "png", "jpeg": "jpg"}
 
@@ -321,6 +331,8 @@ class _UploadReader:
         self.max_files = max_files
         self.stored: list[store.NewFile] = []
         self.current: _IncomingFile | None = None
+        self.callback_url: str | None = None
+        self._text: bytearray | None = None  # the callback_url field while it arrives
         self._events: list[tuple[str, bytes]] = []
         self._header_name = b""
         self._header_value = b""
@@ -367,16 +379,30 @@ class _UploadReader:
                 self.current = self._start_part(data)
             elif event == "data" and self.current is not None:
                 await self.current.write(self.storage, data)
+            elif event == "data" and self._text is not None:
+                self._text += data
+                if len(self._text) > MAX_CALLBACK_URL_CHARS:
+                    raise Unprocessable(
+                        f"callback_url is longer than {MAX_CALLBACK_URL_CHARS} characters"
+                    )
             elif event == "end" and self.current is not None:
                 file, self.current = self.current, None
                 self.stored.append(await file.finish(self.storage))
+            elif event == "end" and self._text is not None:
+                self.callback_url, self._text = self._text.decode("utf-8", "replace"), None
 
-    def _start_part(self, disposition: bytes) -> _IncomingFile:
+    def _start_part(self, disposition: bytes) -> _IncomingFile | None:
         _, params = parse_options_header(disposition)
         name = params.get(b"name", b"").decode("utf-8", "replace")
+        if name == CALLBACK_FIELD:
+            if self.callback_url is not None:
+                raise ErrandsError(f"send {CALLBACK_FIELD!r} at most once")
+            self._text = bytearray()
+            return None
         if name != FILES_FIELD:
             raise ErrandsError(
                 f"unexpected form field {name!r}: send each file as a {FILES_FIELD!r} field"
+                f" (and optionally one {CALLBACK_FIELD!r})"
             )
         if len(self.stored) >= self.max_files:
             raise PayloadTooLarge(f"too many files: at most {self.max_files} per upload")
@@ -398,11 +424,32 @@ class _UploadReader:
                 log.warning("upload_file_left_in_storage", key=file.original_key)
 
 
+def check_callback_url(resources: Resources, url: str) -> None:
+    """Refuse a callback URL that is not http(s) with a host, or that the outbound guard would
+    refuse to call (a private address, unless private targets are allowed)."""
+    if not url.isprintable() or " " in url or "\\" in url:
+        raise Unprocessable(
+            "callback_url must not contain spaces, backslashes or control characters"
+        )
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port out of range is a ValueError
+    except ValueError as error:
+        raise Unprocessable(f"callback_url is not a valid URL: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Unprocessable("callback_url must be an http:// or https:// URL with a host")
+    try:
+        resources.http.check_url(url)
+    except BlockedTarget as error:
+        raise Unprocessable(f"callback_url is not allowed: {error}") from None
+
+
 UPLOAD_BODY_DOC = {
     "requestBody": {
         "required": True,
         "content": {
             "multipart/form-data": {
+                "example": {FILES_FIELD: ["<the bytes of scan.pdf>", "<the bytes of photo.jpg>"]},
                 "schema": {
                     "type": "object",
                     "required": [FILES_FIELD],
@@ -410,9 +457,17 @@ UPLOAD_BODY_DOC = {
                         FILES_FIELD: {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
-                        }
+                        },
+                        CALLBACK_FIELD: {
+                            "type": "string",
+                            "format": "uri",
+                            "maxLength": MAX_CALLBACK_URL_CHARS,
+                            "description": "Sent `upload.done` or `upload.failed` (a signed"
+                            " webhook) once every file is done or failed.",
+                            "example": "https://example.com/hooks/uploads",
+                        },
                     },
-                }
+                },
             }
         },
     }
@@ -428,12 +483,15 @@ UPLOAD_BODY_DOC = {
         400: {"model": Problem, "description": "Not a multipart upload of files"},
         413: {"model": Problem, "description": "Larger than the upload cap"},
         415: {"model": Problem, "description": "A file is not a PDF, PNG or JPEG"},
+        422: {"model": Problem, "description": "The callback_url cannot be called"},
         503: {"model": Problem, "description": "The storage is out of reach; nothing was kept"},
     },
 )
 async def create_upload(request: Request, resources: ResourcesDep) -> dict[str, object] | Response:
     """Upload one or several PDF, PNG or JPEG files as multipart `files`; answers at once with
-    the upload's id while the files are converted in the background."""
+    the upload's id while the files are converted in the background. With a `callback_url`
+    field, an `upload.done` or `upload.failed` webhook is sent there when every file is done or
+    failed."""
     settings = resources.settings
     content_type, params = parse_options_header(request.headers.get("content-type"))
     boundary = params.get(b"boundary")
@@ -460,7 +518,9 @@ async def create_upload(request: Request, resources: ResourcesDep) -> dict[str, 
         await reader.write_events()
         if reader.current is not None or not reader.stored:
             raise ErrandsError("no complete file in the upload: send one or more 'files'")
-        await store.create_upload(resources.pool, upload_id, reader.stored)
+        if reader.callback_url is not None:
+            check_callback_url(resources, reader.callback_url)
+        await store.create_upload(resources.pool, upload_id, reader.stored, reader.callback_url)
     except FormParserError:
         await reader.discard()
         raise ErrandsError("the multipart body is malformed") from None

@@ -1,16 +1,17 @@
 """The SQL of conversions: uploads, their files (the claimable rows) and the PNGs made of them,
 and their lifecycle (deletion, retention)."""
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
 from errands.conversions.convert import OutputQuota
-from errands.core import claims
+from errands.core import claims, delivery
 from errands.core.db import Pool
 from errands.core.storage import Storage
 
@@ -75,8 +76,8 @@ class StoredFile:
 
 
 INSERT_UPLOAD = """
-    INSERT INTO uploads (id)
-    VALUES (%(id)s)
+    INSERT INTO uploads (id, callback_url)
+    VALUES (%(id)s, %(callback_url)s)
 """
 
 # Due at once: the supervisor claims it as soon as the upload commits.
@@ -88,10 +89,12 @@ INSERT_FILE = """
 """
 
 
-async def create_upload(pool: Pool, upload_id: uuid.UUID, files: Sequence[NewFile]) -> None:
+async def create_upload(
+    pool: Pool, upload_id: uuid.UUID, files: Sequence[NewFile], callback_url: str | None = None
+) -> None:
     """The upload and its files in one transaction, waking the supervisors when it commits."""
     async with pool.connection() as conn, conn.transaction():
-        await conn.execute(INSERT_UPLOAD, {"id": upload_id})
+        await conn.execute(INSERT_UPLOAD, {"id": upload_id, "callback_url": callback_url})
         async with conn.cursor() as cursor:
             await cursor.executemany(
                 INSERT_FILE,
@@ -304,19 +307,77 @@ async def finish_file(
                     ],
                 )
             await _end_file(conn, file_id, owner, "done", None)
+            await _call_back_if_finished(conn, upload_id)
     except LeaseLost:
         return False
     return True
 
 
-async def fail_file(pool: Pool, file_id: uuid.UUID, owner: str, error: str) -> bool:
+async def fail_file(
+    pool: Pool, file_id: uuid.UUID, owner: str, upload_id: uuid.UUID, error: str
+) -> bool:
     """Mark the file failed with the error users see; False if the lease was lost."""
     try:
-        async with pool.connection() as conn:
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(LOCK_UPLOAD, {"upload_id": upload_id})
             await _end_file(conn, file_id, owner, "failed", error)
+            await _call_back_if_finished(conn, upload_id)
     except LeaseLost:
         return False
     return True
+
+
+# Taken once, when no file is left to convert; the upload row is locked by the caller, so of two
+# files finishing at once the second sees the first one's state and only one takes it.
+TAKE_CALLBACK = """
+    UPDATE uploads
+       SET callback_delivery_id = %(delivery_id)s
+     WHERE id = %(upload_id)s
+       AND callback_url IS NOT NULL
+       AND callback_delivery_id IS NULL
+       AND NOT EXISTS (
+             SELECT 1 FROM upload_files
+              WHERE upload_id = %(upload_id)s
+                AND status IN ('queued', 'processing')
+           )
+ RETURNING callback_url
+"""
+
+UPLOAD_COUNTS = """
+    SELECT count(*) AS files_total,
+           count(*) FILTER (WHERE status = 'done') AS files_done,
+           count(*) FILTER (WHERE status = 'failed') AS files_failed
+      FROM upload_files
+     WHERE upload_id = %(upload_id)s
+"""
+
+CALLBACK_SOURCE = "upload"
+
+
+async def _call_back_if_finished(conn: Connection, upload_id: uuid.UUID) -> None:
+    """Queue the upload's `upload.done` / `upload.failed` webhook if this was its last file,
+    in the transaction of that file's change (the outbox pattern)."""
+    delivery_id = uuid.uuid4()
+    cursor = await conn.execute(TAKE_CALLBACK, {"upload_id": upload_id, "delivery_id": delivery_id})
+    taken = await cursor.fetchone()
+    if taken is None:
+        return
+    counts = await (await conn.execute(UPLOAD_COUNTS, {"upload_id": upload_id})).fetchone()
+    assert counts is not None
+    status = "done" if counts["files_done"] == counts["files_total"] else "failed"
+    body = {
+        "type": f"upload.{status}",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "data": {"id": str(upload_id), "status": status, **counts},
+    }
+    await delivery.enqueue(
+        conn,
+        url=taken["callback_url"],
+        body=json.dumps(body).encode(),
+        source=CALLBACK_SOURCE,
+        headers={"Content-Type": "application/json"},
+        delivery_id=delivery_id,
+    )
 
 
 async def _end_file(

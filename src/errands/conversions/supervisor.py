@@ -135,7 +135,11 @@ async def convert_one_file(
     if attempts > MAX_ATTEMPTS:
         # Earlier attempts ended with their whole worker gone: no third chance.
         await store.fail_file(
-            pool, file_id, owner, f"conversion did not finish after {MAX_ATTEMPTS} attempts"
+            pool,
+            file_id,
+            owner,
+            row["upload_id"],
+            f"conversion did not finish after {MAX_ATTEMPTS} attempts",
         )
         return
     started = time.monotonic()
@@ -162,7 +166,7 @@ async def convert_one_file(
     if isinstance(outcome, Converted | Refused) and outcome.peak_rss_bytes:
         metrics.CONVERSION_CHILD_PEAK_RSS.observe(outcome.peak_rss_bytes)
     if isinstance(outcome, Refused):
-        await store.fail_file(pool, file_id, owner, outcome.error)
+        await store.fail_file(pool, file_id, owner, row["upload_id"], outcome.error)
     elif isinstance(outcome, Crashed):
         log.warning("conversion_child_crashed", file_id=str(file_id), reason=outcome.reason)
         if attempts < MAX_ATTEMPTS:
@@ -172,7 +176,11 @@ async def convert_one_file(
             metrics.CONVERSION_DURATION.labels(outcome="retried").observe(elapsed)
             return
         await store.fail_file(
-            pool, file_id, owner, f"{outcome.reason}; gave up after {attempts} attempts"
+            pool,
+            file_id,
+            owner,
+            row["upload_id"],
+            f"{outcome.reason}; gave up after {attempts} attempts",
         )
     outcome_name = "done" if isinstance(outcome, Converted) else "failed"
     metrics.CONVERSION_DURATION.labels(outcome=outcome_name).observe(elapsed)
@@ -319,18 +327,21 @@ class TimeBudgetExceeded(Exception):
 
 
 async def _follow_pages(stdout: asyncio.StreamReader, settings: Settings, kind: str) -> bytes:
-    """Read the child's progress lines, holding each page and the file to their budgets;
-    return its last line (the result), or b"" if it ended without one."""
+    """Read the child's progress lines, holding each page (from its announcement on) and the
+    whole file (from the start, the child's start-up included) to their budgets; return its
+    last line (the result), or b"" if it ended without one."""
     loop = asyncio.get_running_loop()
     file_deadline = loop.time() + settings.conversion_timeout_s
-    page = 1
+    page: int | None = None
     while True:
-        page_deadline = loop.time() + settings.conversion_page_timeout_s
+        deadline = file_deadline
+        if page is not None:
+            deadline = min(deadline, loop.time() + settings.conversion_page_timeout_s)
         try:
-            async with asyncio.timeout_at(min(page_deadline, file_deadline)):
+            async with asyncio.timeout_at(deadline):
                 line = await stdout.readline()
         except TimeoutError:
-            if loop.time() >= file_deadline:
+            if page is None or loop.time() >= file_deadline:
                 raise TimeBudgetExceeded(
                     f"conversion took longer than {settings.conversion_timeout_s:g} s"
                 ) from None

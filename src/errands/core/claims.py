@@ -24,7 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "LeaseLapsed",
     "Row",
     "current_lease",
+    "lock_in_id_order",
     "new_owner",
     "notify",
     "run_claim_loop",
@@ -58,6 +59,8 @@ CLAIM_RETRY_MAX_S = 5.0
 RENEWALS_PER_LEASE = 3
 SAFETY_MARGIN_FRACTION = 0.25
 
+# Rows due within the lookahead are claimed too (their handler waits for the due time in memory);
+# `claimed_at` is the database's clock at the claim, which that wait is measured against.
 CLAIM_DUE = """
     UPDATE {table}
        SET lease_owner = %(owner)s,
@@ -65,13 +68,13 @@ CLAIM_DUE = """
      WHERE id IN (
              SELECT id
                FROM {table}
-              WHERE due_at <= now()
+              WHERE due_at <= now() + %(lookahead)s
                 AND (lease_until IS NULL OR lease_until < now())
               ORDER BY due_at
               LIMIT %(limit)s
                 FOR UPDATE SKIP LOCKED
            )
- RETURNING *
+ RETURNING *, now() AS claimed_at
 """
 
 # A lease that ran out is not revived: the row may have been cancelled or claimed meanwhile.
@@ -82,6 +85,16 @@ RENEW_LEASES = """
        AND lease_owner = %(owner)s
        AND lease_until > now()
  RETURNING id
+"""
+
+# Batch writers of one table lock their rows in id order first: two batches (a renewal and a
+# worker's batched record of outcomes) that locked them in scan order could deadlock.
+LOCK_ROWS = """
+    SELECT id
+      FROM {table}
+     WHERE id = ANY(%(ids)s)
+     ORDER BY id
+       FOR UPDATE
 """
 
 RELEASE_LEASES = """
@@ -119,9 +132,11 @@ class Lease:
     row_id: uuid.UUID
     owner: str
     length_s: float
+    # time.monotonic() just before the claim was sent.
+    claimed_at: float
     # time.monotonic() at which the database's lease may end: the claim or renewal was sent
     # at or after `expires_at - length_s`, and the database added the length to its own now().
-    expires_at: float = field(default=0.0)
+    expires_at: float
 
     @property
     def margin_s(self) -> float:
@@ -152,6 +167,14 @@ def current_lease() -> Lease | None:
     return _current_lease.get()
 
 
+async def lock_in_id_order(
+    conn: psycopg.AsyncConnection[Any], table: str, ids: list[uuid.UUID]
+) -> None:
+    """Lock rows in id order inside the caller's transaction, before a batch UPDATE of them."""
+    query = sql.SQL(LOCK_ROWS).format(table=sql.Identifier(table))
+    await conn.execute(query, {"ids": ids})
+
+
 async def notify(conn: psycopg.AsyncConnection[Any], channel: str) -> None:
     """Wake the workers listening on `channel` (sent when the surrounding transaction commits)."""
     await conn.execute("SELECT pg_notify(%s, '')", (channel,))
@@ -167,6 +190,8 @@ class ClaimQueue:
     batch_size: int = 100
     max_in_flight: int = 100
     poll_interval_s: float = 1.0
+    # Claim rows this long before they are due; the handler waits for the due time itself.
+    lookahead: timedelta = timedelta(0)
 
     def _query(self, template: str) -> sql.Composed:
         return sql.SQL(template).format(table=sql.Identifier(self.table))
@@ -178,13 +203,20 @@ class ClaimQueue:
     async def claim(self, pool: Pool, owner: str, limit: int) -> list[Row]:
         async with pool.connection() as conn:
             cursor = await conn.execute(
-                self._query(CLAIM_DUE), {"owner": owner, "lease": self.lease, "limit": limit}
+                self._query(CLAIM_DUE),
+                {
+                    "owner": owner,
+                    "lease": self.lease,
+                    "limit": limit,
+                    "lookahead": self.lookahead,
+                },
             )
             return await cursor.fetchall()
 
     async def renew(self, pool: Pool, owner: str, ids: list[uuid.UUID]) -> set[uuid.UUID]:
         """Extend the leases `owner` still holds; return the ids renewed."""
-        async with pool.connection() as conn:
+        async with pool.connection() as conn, conn.transaction():
+            await lock_in_id_order(conn, self.table, ids)
             cursor = await conn.execute(
                 self._query(RENEW_LEASES), {"owner": owner, "lease": self.lease, "ids": ids}
             )
@@ -248,6 +280,8 @@ async def run_claim_loop(
     async def run_one(row: Row, lease: Lease) -> None:
         _current_lease.set(lease)
         try:
+            if (wait_s := _seconds_until_due(row, lease)) > 0:
+                await asyncio.sleep(wait_s)  # claimed within the lookahead: wait in memory
             lease.check()
             await handle(row)
         except LeaseLapsed as lapsed:
@@ -298,7 +332,9 @@ async def run_claim_loop(
                 continue
             failed_claims = 0
             for row in rows:
-                lease = Lease(row["id"], owner, queue.lease_s, claimed_at + queue.lease_s)
+                lease = Lease(
+                    row["id"], owner, queue.lease_s, claimed_at, claimed_at + queue.lease_s
+                )
                 task = asyncio.create_task(run_one(row, lease), name=f"{queue.table}:{row['id']}")
                 running[task] = lease
                 task.add_done_callback(running.pop)
@@ -311,6 +347,13 @@ async def run_claim_loop(
         await _finish_or_release(queue, pool, owner, running, grace_s)
         renewer.cancel()
         await asyncio.gather(listener, renewer, return_exceptions=True)
+
+
+def _seconds_until_due(row: Row, lease: Lease) -> float:
+    """How long until a claimed row is due: by the database's clock at the claim, carried
+    forward on this process's monotonic clock since."""
+    until_due_at_claim = (row["due_at"] - row["claimed_at"]).total_seconds()
+    return float(until_due_at_claim - (time.monotonic() - lease.claimed_at))
 
 
 def _claim_retry_delay_s(failed_claims: int) -> float:
@@ -341,7 +384,7 @@ async def _sleep_until_work(
     except psycopg.OperationalError:
         next_due = None  # the claim that follows meets the same trouble, and backs off
     if next_due is not None:
-        delay = min(delay, next_due)
+        delay = min(delay, next_due - queue.lookahead.total_seconds())
     # A due row we could not claim is locked by another worker's claim: look again shortly.
     await _first_of([wakeup.wait(), stop.wait()], within_s=max(delay, 0.005))
 

@@ -10,6 +10,7 @@ rename; a multipart upload then its completion), so a reader never sees half a f
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -480,6 +481,9 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
     # Endpoint and credentials come from the standard AWS variables (AWS_ENDPOINT_URL_S3 or
     # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), read by botocore itself.
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    # botocore logs every credential and endpoint look-up at info; only its problems matter.
+    for name in ("botocore", "aiobotocore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     session = get_session()
     async with session.create_client(
         "s3", region_name=region, config=_s3_client_config()

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from errands.core.errors import Conflict, NotFound, Unprocessable
 from errands.core.http import BlockedTarget, GuardedClient, masked_url
+from errands.core.openapi import answer
 from errands.core.resources import Resources, get_resources
 from errands.core.validation import RequestBody
 from errands.monitors import maintenance, store
@@ -503,7 +504,26 @@ async def delete_monitor(monitor_id: uuid.UUID, resources: ResourcesDep) -> Resp
     response_model=list[Check],
     summary="List a monitor's checks",
     responses={
-        200: {"description": "Checks, newest first"},
+        200: answer(
+            [
+                {
+                    "check_id": "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+                    "checked_at": "2026-12-01T08:01:00.004Z",
+                    "up": True,
+                    "status_code": 200,
+                    "response_time_ms": 84.1,
+                    "dns_ms": 3.2,
+                    "connect_ms": 11.5,
+                    "tls_ms": 24.9,
+                    "first_byte_ms": 80.3,
+                    "regex_matched": True,
+                    "error_kind": None,
+                    "error": None,
+                    "tls_expires_at": "2027-02-14T23:59:59Z",
+                }
+            ],
+            "Checks, newest first",
+        ),
         404: NOT_FOUND,
         422: {"description": "A bad time or limit"},
     },
@@ -548,7 +568,21 @@ def parse_window(text: str, max_days: int) -> timedelta:
     response_model=Uptime,
     summary="A monitor's uptime and response times",
     responses={
-        200: {"description": "Uptime over the window"},
+        200: answer(
+            {
+                "monitor_id": "3c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f",
+                "since": "2026-11-01T08:00:00Z",
+                "until": "2026-12-01T08:00:00Z",
+                "window_s": 2592000,
+                "source": "rollups",
+                "uptime_pct": 99.95,
+                "checks": 43200,
+                "p50_ms": 82.0,
+                "p95_ms": 140.0,
+                "maintenance_s": 1800.0,
+            },
+            "Uptime over the window",
+        ),
         404: NOT_FOUND,
         422: {"description": "A bad window"},
     },

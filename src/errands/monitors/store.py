@@ -31,7 +31,9 @@ __all__ = [
     "MonitorFields",
     "MonitorPage",
     "MonitorSummary",
+    "PublicMonitor",
     "RecentFigures",
+    "RecentIncident",
     "StoredBatch",
     "Uptime",
     "count_monitor_states",
@@ -44,9 +46,11 @@ __all__ = [
     "hourly_points",
     "list_monitors",
     "monitor_page",
+    "public_monitors",
     "recent_beats",
     "recent_checks",
     "recent_figures",
+    "recent_incidents",
     "reschedule_checked",
     "save_checks",
     "sync_monitor",
@@ -206,6 +210,12 @@ DELETE_MONITOR = """
      WHERE id = %(id)s
 """
 
+DELETE_MONITORS_NOT_LISTED = """
+    DELETE FROM monitors
+     WHERE url <> ALL(%(urls)s)
+ RETURNING url
+"""
+
 # The next slot is the first of due_at + k * interval (k >= 1) that is not in the past, so a
 # checker that fell behind skips the slots it missed instead of checking in a burst. The guard on
 # lease_owner and due_at means only the checker that claimed a slot moves it on.
@@ -310,9 +320,10 @@ def _unchanged(current: Row, fields: MonitorFields) -> bool:
     ) == tuple(sorted(set(fields.channels)))
 
 
-async def sync_monitor(pool: Pool, fields: MonitorFields) -> str:
-    """Insert or update the monitor of `fields.url`: "created", "updated" or "unchanged"."""
-    async with pool.connection() as conn, conn.transaction():
+async def sync_monitor(pool: Pool, fields: MonitorFields, *, dry_run: bool = False) -> str:
+    """Insert or update the monitor of `fields.url`: "created", "updated" or "unchanged".
+    A dry run says which, and rolls the change back."""
+    async with pool.connection() as conn, conn.transaction(force_rollback=dry_run):
         cursor = await conn.execute(SELECT_MONITOR_BY_URL, {"url": fields.url})
         current = await cursor.fetchone()
         if current is None:
@@ -328,6 +339,19 @@ async def sync_monitor(pool: Pool, fields: MonitorFields) -> str:
         await _set_channels(conn, monitor_id, fields.channels)
         await claims.notify(conn, CHANNEL)
     return outcome
+
+
+async def delete_monitors_not_listed(
+    pool: Pool, urls: list[str], *, dry_run: bool = False
+) -> list[str]:
+    """Delete every monitor whose URL is not in `urls`; return their URLs. A dry run rolls the
+    deletion back."""
+    async with pool.connection() as conn, conn.transaction(force_rollback=dry_run):
+        cursor = await conn.execute(DELETE_MONITORS_NOT_LISTED, {"urls": urls})
+        deleted = sorted(row["url"] for row in await cursor.fetchall())
+        if deleted:
+            await claims.notify(conn, CHANNEL)
+    return deleted
 
 
 async def reschedule_checked(
@@ -1412,15 +1436,18 @@ async def uptime_from_rollups(
 
 @dataclass(frozen=True)
 class MonitorSummary:
-    """A monitor with its last check: `last_up` is None until its first check is stored."""
+    """A monitor with its alert state and its last check (None until one is stored)."""
 
     id: uuid.UUID
+    name: str
     url: str
     method: str
     interval_s: int
+    state: str
+    paused: bool
+    public: bool
     created_at: datetime
     last_checked_at: datetime | None
-    last_up: bool | None
     last_response_ms: float | None
 
 
@@ -1464,46 +1491,74 @@ class DailyUptime:
 # A monitor's last check is looked for this far back: the longest interval, and a day more.
 LAST_CHECK_LOOKBACK = timedelta(days=8)
 
-# Each monitor's last check is one backwards index scan of the primary key; the state filter
-# ("up", "down", "pending": no check yet) reads it, so the count covers every page.
+# Each page's monitors get their last check by one backwards index scan of the primary key
+# each; the search matches the name or the URL, the state filter is the alert state, or
+# "paused". A monitor without a name is called by its URL's host, as alerts.monitor_name does.
 SELECT_MONITOR_PAGE = """
-    SELECT m.id, m.url, m.method, m.interval_s, m.created_at,
+    SELECT m.id, m.name, m.url, m.method, m.interval_s, m.state, m.paused, m.public,
+           m.created_at,
            last.checked_at AS last_checked_at,
-           last.up AS last_up,
            last.response_time_ms AS last_response_ms,
-           count(*) OVER () AS total
-      FROM monitors AS m
+           m.total
+      FROM (SELECT *, count(*) OVER () AS total
+              FROM (SELECT id, url, method, interval_s, coalesce(st.state, 'new') AS state,
+                           paused, public, created_at,
+                           coalesce(name, substring(url FROM '^[a-z]+://(?:[^/@]*@)?([^/:?#]+)'),
+                                    url) AS name
+                      FROM monitors
+                      LEFT JOIN monitor_states AS st ON st.monitor_id = monitors.id) AS named
+             WHERE (%(search)s::text IS NULL
+                    OR strpos(lower(name), lower(%(search)s)) > 0
+                    OR strpos(lower(url), lower(%(search)s)) > 0)
+               AND (%(state)s::text IS NULL
+                    OR (%(state)s = 'paused' AND paused)
+                    OR (state = %(state)s AND NOT paused))
+             ORDER BY name, url, id
+             LIMIT %(limit)s
+            OFFSET %(offset)s
+           ) AS m
       LEFT JOIN LATERAL (
-               SELECT c.checked_at, c.up, c.response_time_ms
+               SELECT c.checked_at, c.response_time_ms
                  FROM checks AS c
                 WHERE c.monitor_id = m.id
                   AND c.checked_at >= %(since)s
                 ORDER BY c.checked_at DESC
                 LIMIT 1
            ) AS last ON true
-     WHERE (%(search)s::text IS NULL OR strpos(lower(m.url), lower(%(search)s)) > 0)
-       AND (%(state)s::text IS NULL
-            OR (%(state)s = 'up' AND last.up)
-            OR (%(state)s = 'down' AND NOT last.up)
-            OR (%(state)s = 'pending' AND last.up IS NULL))
-     ORDER BY m.url, m.id
-     LIMIT %(limit)s
-    OFFSET %(offset)s
+     ORDER BY m.name, m.url, m.id
 """
 
 COUNT_MONITOR_STATES = """
-    SELECT count(*) FILTER (WHERE last.up) AS up,
-           count(*) FILTER (WHERE NOT last.up) AS down,
-           count(*) FILTER (WHERE last.up IS NULL) AS pending
-      FROM monitors AS m
-      LEFT JOIN LATERAL (
-               SELECT c.up
-                 FROM checks AS c
-                WHERE c.monitor_id = m.id
-                  AND c.checked_at >= %(since)s
-                ORDER BY c.checked_at DESC
-                LIMIT 1
-           ) AS last ON true
+    SELECT count(*) FILTER (WHERE state = 'up' AND NOT paused) AS up,
+           count(*) FILTER (WHERE state = 'degraded' AND NOT paused) AS degraded,
+           count(*) FILTER (WHERE state = 'down' AND NOT paused) AS down,
+           count(*) FILTER (WHERE state = 'new' AND NOT paused) AS new,
+           count(*) FILTER (WHERE paused) AS paused
+      FROM (SELECT coalesce(st.state, 'new') AS state, paused
+              FROM monitors
+              LEFT JOIN monitor_states AS st ON st.monitor_id = monitors.id) AS states
+"""
+
+# The status page's only view of monitors: those marked public, by name and state alone (never
+# their URL, which may carry a token).
+SELECT_PUBLIC_MONITORS = """
+    SELECT id,
+           coalesce(name, substring(url FROM '^[a-z]+://(?:[^/@]*@)?([^/:?#]+)'), url) AS name,
+           CASE WHEN paused THEN 'paused' ELSE coalesce(st.state, 'new') END AS state,
+           st.state_since
+      FROM monitors
+      LEFT JOIN monitor_states AS st ON st.monitor_id = monitors.id
+     WHERE public
+     ORDER BY 2, id
+"""
+
+SELECT_RECENT_INCIDENTS = """
+    SELECT i.monitor_id, i.state, i.cause, i.started_at, i.resolved_at
+      FROM incidents AS i
+     WHERE i.monitor_id = ANY(%(ids)s::uuid[])
+       AND (i.resolved_at IS NULL OR i.resolved_at >= %(since)s)
+     ORDER BY i.started_at DESC
+     LIMIT %(limit)s
 """
 
 SELECT_BEATS = """
@@ -1571,8 +1626,9 @@ def _pct(up: Any, checks: Any) -> float | None:
 async def monitor_page(
     pool: Pool, *, search: str | None, state: str | None, limit: int, offset: int
 ) -> MonitorPage:
-    """Monitors ordered by URL, each with its last check; `search` matches part of the URL in
-    any case; `state` is "up", "down", "pending" (no check yet) or None for all."""
+    """Monitors ordered by name, each with its last check; `search` matches part of the name
+    or URL in any case; `state` is an alert state ("new", "up", "degraded", "down": paused ones
+    left out), "paused", or None for all."""
     since = datetime.now(UTC) - LAST_CHECK_LOOKBACK
     params = {"search": search, "state": state, "limit": limit, "offset": offset, "since": since}
     async with pool.connection() as conn:
@@ -1592,13 +1648,45 @@ async def monitor_page(
 
 
 async def count_monitor_states(pool: Pool) -> dict[str, int]:
-    """How many monitors were up or down at their last check, and how many have none yet."""
-    since = datetime.now(UTC) - LAST_CHECK_LOOKBACK
+    """How many monitors are in each alert state, and how many are paused."""
     async with pool.connection() as conn:
-        cursor = await conn.execute(COUNT_MONITOR_STATES, {"since": since})
+        cursor = await conn.execute(COUNT_MONITOR_STATES)
         row = await cursor.fetchone()
     assert row is not None  # an aggregate always returns one row
-    return {state: int(row[state]) for state in ("up", "down", "pending")}
+    return {state: int(count) for state, count in row.items()}
+
+
+@dataclass(frozen=True)
+class PublicMonitor:
+    id: uuid.UUID
+    name: str
+    state: str  # an alert state, or "paused"
+    state_since: datetime | None
+
+
+@dataclass(frozen=True)
+class RecentIncident:
+    monitor_id: uuid.UUID
+    state: str
+    cause: str
+    started_at: datetime
+    resolved_at: datetime | None
+
+
+async def public_monitors(pool: Pool) -> list[PublicMonitor]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_PUBLIC_MONITORS)
+        return [PublicMonitor(**row) for row in await cursor.fetchall()]
+
+
+async def recent_incidents(
+    pool: Pool, monitor_ids: list[uuid.UUID], since: datetime, limit: int
+) -> list[RecentIncident]:
+    """The monitors' incidents still open or resolved since `since`, newest first."""
+    params = {"ids": monitor_ids, "since": since, "limit": limit}
+    async with pool.connection() as conn:
+        cursor = await conn.execute(SELECT_RECENT_INCIDENTS, params)
+        return [RecentIncident(**row) for row in await cursor.fetchall()]
 
 
 async def recent_beats(

@@ -1,7 +1,8 @@
 """`errands monitors sync FILE`: make the monitors match a YAML or TOML list of sites.
 
 Sites are matched by URL: a new URL is created, a known one updated when a setting differs.
-Monitors not in the file are left alone.
+Monitors not in the file are left alone, or deleted with `prune`. A dry run reports the same
+outcomes and writes nothing.
 """
 
 import tomllib
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from errands.core.errors import Unprocessable
 from errands.core.http import masked_url
 from errands.core.resources import Resources
+from errands.core.validation import describe_problems
 from errands.monitors import store
 from errands.monitors.api import MonitorIn, fields_of, validated_fields
 
@@ -43,10 +45,7 @@ def read_sites(path: Path) -> list[MonitorIn]:
         try:
             sites.append(MonitorIn.model_validate(entry))
         except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in problem['loc']) or 'entry'}: {problem['msg']}"
-                for problem in error.errors()
-            )
+            problems = describe_problems(error.errors())
             raise SitesFileError(f"{path}: site {number}: {problems}") from None
     urls = [site.url for site in sites]
     duplicated = sorted({url for url in urls if urls.count(url) > 1})
@@ -55,8 +54,11 @@ def read_sites(path: Path) -> list[MonitorIn]:
     return sites
 
 
-async def sync_sites(resources: Resources, sites: list[MonitorIn]) -> list[tuple[str, str]]:
-    """Create or update each site's monitor; return (outcome, url) per site, in file order.
+async def sync_sites(
+    resources: Resources, sites: list[MonitorIn], *, dry_run: bool = False, prune: bool = False
+) -> list[tuple[str, str]]:
+    """Create or update each site's monitor; return (outcome, url) per site, in file order, then
+    ("deleted", url) for each monitor pruned.
 
     Every site is validated before anything is written, so a bad file changes nothing."""
     default_timeout = resources.settings.monitor_default_timeout_s
@@ -66,7 +68,12 @@ async def sync_sites(resources: Resources, sites: list[MonitorIn]) -> list[tuple
         ]
     except Unprocessable as error:
         raise SitesFileError(error.detail) from None
-    return [
-        (await store.sync_monitor(resources.pool, fields), masked_url(fields.url))
+    outcomes = [
+        (await store.sync_monitor(resources.pool, fields, dry_run=dry_run), masked_url(fields.url))
         for fields in all_fields
     ]
+    if prune:
+        urls = [fields.url for fields in all_fields]
+        deleted = await store.delete_monitors_not_listed(resources.pool, urls, dry_run=dry_run)
+        outcomes += [("deleted", masked_url(url)) for url in deleted]
+    return outcomes

@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
+from errands.core.openapi import answer
 from errands.core.resources import Resources, get_resources
 from errands.stats.histogram import percentile_ms
 from errands.stats.recorder import StatsRecorder
@@ -33,7 +34,30 @@ class StatsResponse(BaseModel):
     last_hour: list[RouteStats]
 
 
-@router.get("/stats")
+@router.get(
+    "/stats",
+    summary="Calls and response times per route",
+    responses={
+        200: answer(
+            {
+                "started_at": "2026-11-30T09:12:44Z",
+                "since_start": [
+                    {
+                        "method": "POST",
+                        "route": "/titles",
+                        "count": 1520,
+                        "avg_ms": 412.5,
+                        "p50_ms": 380.0,
+                        "p95_ms": 910.0,
+                        "p99_ms": 1480.0,
+                        "errors": 12,
+                    }
+                ],
+                "last_hour": [],
+            }
+        )
+    },
+)
 async def get_stats(
     request: Request, resources: Annotated[Resources, Depends(get_resources)]
 ) -> StatsResponse:

@@ -1,15 +1,18 @@
 """The stats tables: each process adds its minute totals, readers sum every process's rows."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
+
+from errands.core.resources import Resources
 
 __all__ = [
     "MinuteTotals",
     "RouteTotals",
     "add_minutes",
+    "expire_stats",
     "fold_old_minutes",
     "read_totals",
     "started_at",
@@ -186,3 +189,22 @@ async def fold_old_minutes(conn: Connection, before: datetime) -> bool:
             return False
         await conn.execute(FOLD_OLD_MINUTES, {"before": before})
     return True
+
+
+EXPIRE_STATS = """
+    DELETE FROM stats_buckets
+     WHERE (method, route, minute, process) IN (
+           SELECT method, route, minute, process
+             FROM stats_buckets
+            WHERE minute < now() - %(keep)s
+            LIMIT %(limit)s
+     )
+"""
+
+
+async def expire_stats(resources: Resources, limit: int) -> int:
+    """Delete up to `limit` stats rows older than ERRANDS_STATS_RETENTION_DAYS."""
+    keep = timedelta(days=resources.settings.stats_retention_days)
+    async with resources.pool.connection() as conn:
+        cursor = await conn.execute(EXPIRE_STATS, {"keep": keep, "limit": limit})
+        return cursor.rowcount

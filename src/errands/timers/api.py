@@ -2,21 +2,22 @@
 
 import hashlib
 import json
-import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Header, Query
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from errands.core.delivery import BadCursor
 from errands.core.errors import Conflict, NotFound, Unprocessable
 from errands.core.http import BlockedTarget
+from errands.core.openapi import answer
 from errands.core.resources import Resources, get_resources
 from errands.core.validation import RequestBody
 from errands.timers import store
+from errands.timers.schedules_api import router as schedules_router
+from errands.timers.webhook_options import WebhookOptions
 
 __all__ = [
     "TimerAttempt",
@@ -29,38 +30,12 @@ __all__ = [
 ]
 
 router = APIRouter(tags=["timers"])
+router.include_router(schedules_router)
 
-MAX_URL_CHARS = 2048
-MAX_HEADERS = 32
-MAX_HEADER_VALUE_CHARS = 4096
-MAX_BODY_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY_CHARS = 255
-# Hop-by-hop headers belong to one connection, Host and Content-Length to the request as sent,
-# and the webhook-* and Idempotency-Key headers are the ones Errands sets on every attempt.
-FORBIDDEN_HEADERS = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "idempotency-key",
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-    }
-)
-HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 
 # Strict: 1.5, true and "3" are refused rather than quietly turned into whole numbers.
 DurationPart = Annotated[int, Field(default=0, ge=0, strict=True)]
-WebhookMethod = Literal["POST", "PUT", "PATCH", "DELETE", "GET"]
 ListedStatus = Literal["pending", "fired", "failed", "cancelled"]
 
 NOT_FOUND = {"description": "No timer with this id", "content": {"application/json": {
@@ -77,7 +52,7 @@ def _conflict(example: str) -> dict[str, Any]:
     }
 
 
-class TimerRequest(RequestBody):
+class TimerRequest(WebhookOptions):
     """When to fire (the parts add up; missing ones count as 0), where to send the webhook, and
     optionally how: method, extra headers and a JSON body instead of `{"id": "<timer id>"}`."""
 
@@ -100,60 +75,10 @@ class TimerRequest(RequestBody):
     hours: DurationPart = 0
     minutes: DurationPart = 0
     seconds: DurationPart = 0
-    url: Annotated[str, Field(strict=True, max_length=MAX_URL_CHARS)]
-    method: WebhookMethod = "POST"
-    headers: dict[str, str] = Field(
-        default_factory=dict,
-        description=f"At most {MAX_HEADERS}; no hop-by-hop headers, Host, Content-Length, "
-        "Idempotency-Key or webhook-*.",
-    )
-    body: JsonValue = Field(
-        default=None,
-        description=f"Any JSON value, at most {MAX_BODY_BYTES} bytes; not allowed with GET.",
-    )
-
-    @field_validator("url")
-    @classmethod
-    def url_is_http(cls, url: str) -> str:
-        if not url.isprintable() or " " in url or "\\" in url:
-            raise ValueError("url must not contain spaces, backslashes or control characters")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("url must be an http:// or https:// URL with a host")
-        _ = parts.port  # raises ValueError, naming the problem, for a port out of range
-        return url
-
-    @field_validator("headers")
-    @classmethod
-    def headers_are_sendable(cls, headers: dict[str, str]) -> dict[str, str]:
-        if len(headers) > MAX_HEADERS:
-            raise ValueError(f"at most {MAX_HEADERS} headers are allowed")
-        for name, value in headers.items():
-            if not HEADER_NAME.fullmatch(name):
-                raise ValueError(f"{name!r} is not a valid header name")
-            if name.lower() in FORBIDDEN_HEADERS:
-                raise ValueError(f"header {name!r} may not be set")
-            if len(value) > MAX_HEADER_VALUE_CHARS or not value.isprintable():
-                raise ValueError(
-                    f"header {name!r} must be printable and at most "
-                    f"{MAX_HEADER_VALUE_CHARS} characters"
-                )
-        return headers
 
     @property
     def total_seconds(self) -> int:
         return self.hours * 3600 + self.minutes * 60 + self.seconds
-
-    def webhook_body(self) -> bytes | None:
-        """The body to send, or None for the default `{"id"}` (an empty body for GET)."""
-        if "body" in self.model_fields_set:
-            encoded = json.dumps(self.body, separators=(",", ":")).encode()
-            if self.method == "GET":
-                raise Unprocessable("body: a GET webhook carries no body")
-            if len(encoded) > MAX_BODY_BYTES:
-                raise Unprocessable(f"body: at most {MAX_BODY_BYTES} bytes of JSON")
-            return encoded
-        return b"" if self.method == "GET" else None
 
     def digest(self) -> bytes:
         """What makes two requests the same for an Idempotency-Key: the fields as sent."""
@@ -330,7 +255,30 @@ async def create_timer(
     "/timers",
     summary="List timers",
     response_model=TimerPage,
-    responses={422: {"description": "A bad status, limit or cursor"}},
+    responses={
+        200: answer(
+            {
+                "timers": [
+                    {
+                        "id": "8f0c2a4e-3b1d-4c55-9e8a-2f7d6b1c0a93",
+                        "time_left": 120,
+                        "status": "pending",
+                        "url": "https://someserver.com",
+                        "method": "POST",
+                        "fire_at": "2026-12-01T12:02:00Z",
+                        "attempts": 0,
+                        "next_attempt_at": None,
+                        "fired_at": None,
+                        "last_status": None,
+                        "last_error": None,
+                        "created_at": "2026-12-01T12:00:00Z",
+                    }
+                ],
+                "next_cursor": "MjAyNi0xMi0wMVQxMjowMDowMFo",
+            }
+        ),
+        422: {"description": "A bad status, limit or cursor"},
+    },
 )
 async def list_timers(
     resources: ResourcesDep,

@@ -3,34 +3,51 @@
 import functools
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
+from psycopg.types.json import Jsonb
 
-from errands.core import delivery
+from errands.core import claims, delivery
 from errands.core.batching import Batcher
 from errands.core.db import Pool
 from errands.core.delivery import store as deliveries
+from errands.core.resources import Resources
 
 __all__ = [
+    "SCHEDULES_CHANNEL",
+    "SCHEDULE_SOURCE",
     "SOURCE",
     "IdempotencyConflict",
     "NewTimer",
     "TimerStatus",
+    "advance_schedule",
     "cancel_timer",
     "count_pending",
+    "create_schedule",
     "create_timer",
     "create_timer_once",
+    "database_now",
+    "delete_schedule",
+    "expire_finished_timers",
     "get_attempts",
+    "get_schedule",
     "get_timer",
+    "list_schedules",
     "list_timers",
     "reschedule_timer",
     "retry_timer",
+    "set_schedule_paused",
+    "update_schedule",
 ]
 
 SOURCE = "timer"
+SCHEDULE_SOURCE = "schedule"
+# The "timers" loop LISTENs here for schedules created, changed or resumed.
+SCHEDULES_CHANNEL = "errands_schedules"
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
 TimerStatus = Literal["pending", "fired", "failed", "cancelled"]
@@ -159,8 +176,8 @@ def _webhook(timer: NewTimer, fire_at: datetime) -> deliveries.NewDelivery:
     )
 
 
-async def _database_now(conn: psycopg.AsyncConnection[Any]) -> datetime:
-    """Due times use PostgreSQL's clock, whichever machine the API runs on."""
+async def database_now(conn: psycopg.AsyncConnection[Any]) -> datetime:
+    """Due times use PostgreSQL's clock, whichever machine the API or worker runs on."""
     row = await (await conn.execute(DATABASE_NOW)).fetchone()
     assert row is not None
     now: datetime = row["now"]
@@ -169,7 +186,7 @@ async def _database_now(conn: psycopg.AsyncConnection[Any]) -> datetime:
 
 async def _insert_timers(pool: Pool, wake_within_s: float, batch: list[NewTimer]) -> list[None]:
     async with pool.connection() as conn, conn.transaction():
-        now = await _database_now(conn)
+        now = await database_now(conn)
         fire_at = [now + timedelta(seconds=timer.delay_s) for timer in batch]
         await conn.execute(
             INSERT_TIMERS,
@@ -214,7 +231,7 @@ async def create_timer_once(
     key with another request digest raises IdempotencyConflict."""
     async with pool.connection() as conn, conn.transaction():
         await conn.execute(RELEASE_STALE_KEY, {"key": key, "window": IDEMPOTENCY_WINDOW})
-        fire_at = await _database_now(conn) + timedelta(seconds=timer.delay_s)
+        fire_at = await database_now(conn) + timedelta(seconds=timer.delay_s)
         cursor = await conn.execute(
             INSERT_KEYED_TIMER,
             {"id": timer.id, "url": timer.url, "fire_at": fire_at, "key": key, "digest": digest},
@@ -282,7 +299,7 @@ async def reschedule_timer(
     """Move a pending timer nobody is sending to `delay_s` from now; return whether it moved,
     and the timer."""
     async with pool.connection() as conn, conn.transaction():
-        fire_at = await _database_now(conn) + timedelta(seconds=delay_s)
+        fire_at = await database_now(conn) + timedelta(seconds=delay_s)
         moved = await deliveries.reschedule(conn, timer_id, fire_at)
         if moved:
             await conn.execute(MOVE_FIRE_AT, {"id": timer_id, "fire_at": fire_at})
@@ -293,3 +310,187 @@ async def count_pending(pool: Pool) -> int:
     async with pool.connection() as conn:
         row = await (await conn.execute(COUNT_PENDING)).fetchone()
     return 0 if row is None else int(row["pending"])
+
+
+INSERT_SCHEDULE = """
+    INSERT INTO schedules (id, cron, timezone, every_s, url, method, headers, body, next_at,
+                           due_at)
+    VALUES (%(id)s, %(cron)s, %(timezone)s, %(every_s)s, %(url)s, %(method)s, %(headers)s,
+            %(body)s, %(next_at)s, %(next_at)s)
+ RETURNING id, cron, timezone, every_s, url, method, headers, paused, next_at, fired, last_fired_at,
+           created_at
+"""
+
+GET_SCHEDULE = """
+    SELECT id, cron, timezone, every_s, url, method, headers, paused, next_at, fired, last_fired_at,
+           created_at
+      FROM schedules
+     WHERE id = %(id)s
+"""
+
+LIST_SCHEDULES = """
+    SELECT id, cron, timezone, every_s, url, method, headers, paused, next_at, fired, last_fired_at,
+           created_at
+      FROM schedules
+     WHERE %(after_created_at)s::timestamptz IS NULL
+        OR (created_at, id) < (%(after_created_at)s, %(after_id)s::uuid)
+     ORDER BY created_at DESC, id DESC
+     LIMIT %(limit)s
+"""
+
+# What PATCH changes; a paused schedule stays paused, with its next occurrence moved.
+UPDATE_SCHEDULE = """
+    UPDATE schedules
+       SET cron = %(cron)s,
+           timezone = %(timezone)s,
+           every_s = %(every_s)s,
+           url = %(url)s,
+           method = %(method)s,
+           headers = %(headers)s,
+           body = %(body)s,
+           next_at = %(next_at)s,
+           due_at = CASE WHEN paused THEN NULL ELSE %(next_at)s END
+     WHERE id = %(id)s
+ RETURNING id, cron, timezone, every_s, url, method, headers, paused, next_at, fired, last_fired_at,
+           created_at
+"""
+
+SCHEDULE_FOR_UPDATE = "SELECT * FROM schedules WHERE id = %(id)s FOR UPDATE"
+
+SET_PAUSED = """
+    UPDATE schedules
+       SET paused = %(paused)s,
+           next_at = coalesce(%(next_at)s, next_at),
+           due_at = CASE WHEN %(paused)s THEN NULL ELSE coalesce(%(next_at)s, next_at) END
+     WHERE id = %(id)s
+ RETURNING id, cron, timezone, every_s, url, method, headers, paused, next_at, fired, last_fired_at,
+           created_at
+"""
+
+DELETE_SCHEDULE = "DELETE FROM schedules WHERE id = %(id)s"
+
+# Moves on only the occurrence this worker claimed, and only under its lease.
+ADVANCE_SCHEDULE = """
+    UPDATE schedules
+       SET next_at = %(following)s,
+           due_at = %(following)s,
+           fired = fired + 1,
+           last_fired_at = now(),
+           lease_owner = NULL,
+           lease_until = NULL
+     WHERE id = %(id)s
+       AND lease_owner = %(owner)s
+       AND next_at = %(occurrence)s
+       AND NOT paused
+"""
+
+
+async def create_schedule(pool: Pool, values: dict[str, Any]) -> dict[str, Any]:
+    """Insert a schedule (`values` as INSERT_SCHEDULE names them) and wake the timers loop."""
+    async with pool.connection() as conn, conn.transaction():
+        row = await (await conn.execute(INSERT_SCHEDULE, _jsonb_headers(values))).fetchone()
+        await claims.notify(conn, SCHEDULES_CHANNEL)
+    assert row is not None
+    return row
+
+
+async def get_schedule(pool: Pool, schedule_id: uuid.UUID) -> dict[str, Any] | None:
+    async with pool.connection() as conn:
+        return await (await conn.execute(GET_SCHEDULE, {"id": schedule_id})).fetchone()
+
+
+async def list_schedules(
+    pool: Pool, *, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first, a page and the next page's cursor; BadCursor for a foreign cursor."""
+    after_created_at, after_id = deliveries.cursor_position(cursor) if cursor else (None, None)
+    params = {"after_created_at": after_created_at, "after_id": after_id, "limit": limit + 1}
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(LIST_SCHEDULES, params)).fetchall()
+    if len(rows) <= limit:
+        return rows, None
+    return rows[:limit], deliveries.page_cursor(rows[limit - 1])
+
+
+async def update_schedule(
+    pool: Pool,
+    schedule_id: uuid.UUID,
+    change: Callable[[dict[str, Any], datetime], dict[str, Any]],
+) -> dict[str, Any] | None:
+    """Apply `change(current row, database now) -> new values` under a row lock; None when
+    there is no such schedule."""
+    async with pool.connection() as conn, conn.transaction():
+        current = await (await conn.execute(SCHEDULE_FOR_UPDATE, {"id": schedule_id})).fetchone()
+        if current is None:
+            return None
+        values = change(current, await database_now(conn))
+        row = await (await conn.execute(UPDATE_SCHEDULE, _jsonb_headers(values))).fetchone()
+        await claims.notify(conn, SCHEDULES_CHANNEL)
+    return row
+
+
+async def set_schedule_paused(
+    pool: Pool,
+    schedule_id: uuid.UUID,
+    *,
+    paused: bool,
+    next_at: Callable[[dict[str, Any], datetime], datetime] | None = None,
+) -> dict[str, Any] | None:
+    """Pause, or resume from the occurrence `next_at(row, now)` gives; None when there is no
+    such schedule."""
+    async with pool.connection() as conn, conn.transaction():
+        current = await (await conn.execute(SCHEDULE_FOR_UPDATE, {"id": schedule_id})).fetchone()
+        if current is None:
+            return None
+        when = None if next_at is None else next_at(current, await database_now(conn))
+        params = {"id": schedule_id, "paused": paused, "next_at": when}
+        row = await (await conn.execute(SET_PAUSED, params)).fetchone()
+        await claims.notify(conn, SCHEDULES_CHANNEL)
+    return row
+
+
+async def delete_schedule(pool: Pool, schedule_id: uuid.UUID) -> bool:
+    """Delete a schedule; occurrences already queued are deliveries of their own and stay."""
+    async with pool.connection() as conn:
+        return (await conn.execute(DELETE_SCHEDULE, {"id": schedule_id})).rowcount == 1
+
+
+async def advance_schedule(
+    conn: psycopg.AsyncConnection[Any],
+    owner: str,
+    schedule_id: uuid.UUID,
+    occurrence: datetime,
+    following: datetime,
+) -> bool:
+    params = {"id": schedule_id, "owner": owner, "occurrence": occurrence, "following": following}
+    return (await conn.execute(ADVANCE_SCHEDULE, params)).rowcount == 1
+
+
+def _jsonb_headers(values: dict[str, Any]) -> dict[str, Any]:
+    return {**values, "headers": Jsonb(values["headers"])}
+
+
+# A finished timer is one whose delivery is no longer pending; it goes with its delivery (and
+# that delivery's attempt log), kept for the retention from when it was sent, or was due.
+EXPIRE_FINISHED_TIMERS = """
+    WITH expired AS (
+        SELECT id
+          FROM deliveries
+         WHERE source = 'timer'
+           AND due_at IS NULL
+           AND coalesce(delivered_at, scheduled_at) < now() - %(keep)s
+         LIMIT %(limit)s
+    ),
+    timers_gone AS (
+        DELETE FROM timers WHERE id IN (SELECT id FROM expired)
+    )
+    DELETE FROM deliveries WHERE id IN (SELECT id FROM expired)
+"""
+
+
+async def expire_finished_timers(resources: Resources, limit: int) -> int:
+    """Delete up to `limit` finished timers older than ERRANDS_TIMER_RETENTION_DAYS."""
+    keep = timedelta(days=resources.settings.timer_retention_days)
+    async with resources.pool.connection() as conn:
+        cursor = await conn.execute(EXPIRE_FINISHED_TIMERS, {"keep": keep, "limit": limit})
+        return cursor.rowcount

@@ -17,6 +17,7 @@ import webencodings
 
 __all__ = [
     "Decoder",
+    "MalformedBytes",
     "detect_encoding",
     "encoding_from_bom",
     "encoding_from_content_type",

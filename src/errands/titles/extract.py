@@ -7,24 +7,38 @@ selectolax, so the tree is the one a browser builds; XML documents go through ex
 
 import re
 import xml.etree.ElementTree as ElementTree
-from typing import Literal, cast
+from typing import Literal, Protocol, cast
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 from errands.titles import encoding
 from errands.titles.encoding import Decoder
 
-__all__ = ["DocumentKind", "TitleReader", "collapse_whitespace", "document_kind", "html_title"]
+__all__ = [
+    "SENTINEL",
+    "Document",
+    "DocumentKind",
+    "PageReader",
+    "PartialPage",
+    "TitleReader",
+    "XmlTitle",
+    "collapse_whitespace",
+    "document_kind",
+    "html_title",
+    "parse_html",
+]
 
 DocumentKind = Literal["html", "xml"]
 
 _ASCII_WHITESPACE = re.compile(r"[\t\n\f\r ]+")
+_TITLE_START = re.compile(r"<title", re.IGNORECASE)
 _TITLE_END = re.compile(r"</title", re.IGNORECASE)
-# Appended to a partly read page before parsing it: it lands inside the <title> only while the
-# title is still open, which is how a partial parse tells a finished title from a cut one.
-_SENTINEL = "\uffff"
+# Appended to a partly read page before parsing it: it lands inside an element (the <title>)
+# only while that element is still open, which is how a partial parse tells a finished element
+# from a cut one.
+SENTINEL = "\uffff"
 # A partial page is parsed again only once it has grown by this factor, so a page full of
-# "</title" (SVG icons) costs a bounded number of parses.
+# "</title" (SVG icons) costs a bounded number of parses: about three times its length.
 _REPARSE_GROWTH = 1.5
 # Bytes a page that declares no encoding is read before its encoding is guessed from them.
 DETECTION_BYTES = 64 * 1024
@@ -67,30 +81,30 @@ def _in_html_namespace(node: LexborNode) -> bool:
     return opening.startswith("<title")
 
 
-class TitleReader:
-    """Feed a response body chunk by chunk; `feed` returns True once the title is complete."""
+class Document(Protocol):
+    """What reads a page's text as it is decoded, and says when it has seen enough."""
 
-    def __init__(self, content_type: str | None = None) -> None:
+    done: bool
+
+    def feed(self, text: str) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class PageReader:
+    """Decodes a response body as a browser would, chunk by chunk, into a Document."""
+
+    def __init__(self, content_type: str | None, document: Document) -> None:
         self.kind = document_kind(content_type)
         self._header_encoding = encoding.encoding_from_content_type(content_type)
         self._head = bytearray()  # bytes held until the encoding is known
         self._decode: Decoder | None = None
         self.encoding: str | None = None
-        self._document: _HtmlTitle | _XmlTitle | _NoTitle = (
-            _HtmlTitle()
-            if self.kind == "html"
-            else _XmlTitle()
-            if self.kind == "xml"
-            else _NoTitle()
-        )
-
-    @property
-    def done(self) -> bool:
-        return self._document.done
+        self.document = document
 
     def feed(self, chunk: bytes) -> bool:
-        """Take the next bytes of the body; True once the title is complete."""
-        if self.done:
+        """Take the next bytes of the body; True once the document has read enough."""
+        if self.document.done:
             return True
         if self._decode is None:
             self._head += chunk
@@ -99,26 +113,26 @@ class TitleReader:
             chunk = bytes(self._head)
             self._head.clear()
         self._read(chunk, final=False)
-        return self.done
+        return self.document.done
 
-    def title(self) -> str | None:
-        """End of input (or of what will be read): the title, or None when there is none."""
-        if not self.done:
-            if self._decode is None:
-                self._choose_encoding(final=True)
-                self._read(bytes(self._head), final=True)
-            self._document.finish()
-        text = collapse_whitespace(self._document.title or "")
-        return text or None
+    def finish(self) -> None:
+        """End of input, or of what will be read."""
+        if self.document.done:
+            return
+        if self._decode is None:
+            self._choose_encoding(final=True)
+            self._read(bytes(self._head), final=True)
+        # Otherwise bytes still in the decoder are a character cut off by the read cap.
+        self.document.finish()
 
     def _read(self, data: bytes, *, final: bool) -> None:
         assert self._decode is not None
         try:
-            self._document.feed(self._decode(data, final))
+            self.document.feed(self._decode(data, final))
         except encoding.MalformedBytes as malformed:
             # An encoding error is fatal in XML: the document ends where it is.
-            self._document.feed(malformed.decoded)
-            self._document.finish()
+            self.document.feed(malformed.decoded)
+            self.document.finish()
 
     def _choose_encoding(self, *, final: bool) -> bool:
         head = bytes(self._head)
@@ -156,6 +170,23 @@ class TitleReader:
         return True
 
 
+class TitleReader(PageReader):
+    """Feed a response body chunk by chunk; `feed` returns True once the title is complete."""
+
+    def __init__(self, content_type: str | None = None) -> None:
+        kind = document_kind(content_type)
+        self.title_source: _HtmlTitle | XmlTitle | _NoTitle = (
+            _HtmlTitle() if kind == "html" else XmlTitle() if kind == "xml" else _NoTitle()
+        )
+        super().__init__(content_type, self.title_source)
+
+    def result(self) -> str | None:
+        """The title, or None when there is none."""
+        self.finish()
+        text = collapse_whitespace(self.title_source.title or "")
+        return text or None
+
+
 class _NoTitle:
     """A response a browser does not show as a document with a title (text/plain, images)."""
 
@@ -169,45 +200,70 @@ class _NoTitle:
         pass
 
 
-class _HtmlTitle:
-    """The text read so far, parsed whole once a `</title` suggests the title may be in it."""
+class PartialPage:
+    """The text of a page read so far, and its tree as far as it goes."""
 
     def __init__(self) -> None:
         self.pieces: list[str] = []
         self.length = 0
         self.parsed_length = 0
+
+    def add(self, text: str) -> None:
+        self.pieces.append(text)
+        self.length += len(text)
+
+    @property
+    def parse_due(self) -> bool:
+        return self.length >= self.parsed_length * _REPARSE_GROWTH
+
+    def parse_so_far(self) -> LexborHTMLParser:
+        """The tree of the text read, followed by SENTINEL."""
+        self.parsed_length = self.length
+        return parse_html(self.text() + SENTINEL)
+
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+class _HtmlTitle:
+    """The text read so far, parsed whole once a `</title` suggests the title may be in it."""
+
+    def __init__(self) -> None:
+        self.page = PartialPage()
         self.tail = ""  # the last characters seen, for an end tag split across chunks
+        self.unparsed_end_tag = False  # a "</title" arrived since the last parse
         self.done = False
         self.title: str | None = None
 
     def feed(self, text: str) -> None:
         if not text:
             return
-        self.pieces.append(text)
-        self.length += len(text)
+        self.page.add(text)
         window = self.tail + text
         self.tail = window[-len("</title") :]
-        if _TITLE_END.search(window) is None:
+        self.unparsed_end_tag = self.unparsed_end_tag or _TITLE_END.search(window) is not None
+        if not self.unparsed_end_tag or not self.page.parse_due:
             return
-        if self.parsed_length and self.length < self.parsed_length * _REPARSE_GROWTH:
-            return
-        self.parsed_length = self.length
-        title = html_title(_parse("".join(self.pieces) + _SENTINEL))
-        if title is not None and not title.endswith(_SENTINEL):
+        self.unparsed_end_tag = False
+        title = html_title(self.page.parse_so_far())
+        if title is not None and not title.endswith(SENTINEL):
             self.title = title
             self.done = True
 
     def finish(self) -> None:
-        self.title = html_title(_parse("".join(self.pieces)))
+        text = self.page.text()
+        # Without a "<title" there is no title element: the tree need not be built.
+        if _TITLE_START.search(text) is not None:
+            self.title = html_title(parse_html(text))
         self.done = True
 
 
-def _parse(text: str) -> LexborHTMLParser:
-    # A browser runs scripts, so <noscript> is read as text, not markup.
+def parse_html(text: str) -> LexborHTMLParser:
+    """The tree a browser builds. It runs scripts, so <noscript> holds text, not markup."""
     return LexborHTMLParser(text, scripting=True)
 
 
-class _XmlTitle:
+class XmlTitle:
     """document.title of an XML document: an SVG root's own <svg:title> child, else the first
     XHTML <title>; feeds and other XML have none. Parsing stops at the first error, keeping
     what was read before it, as a browser shows the document up to the error."""

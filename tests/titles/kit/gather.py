@@ -165,6 +165,7 @@ def chardet_pages(chardet: Path) -> list[dict[str, str]]:
 def debian_pages(work: Path) -> list[dict[str, str]]:
     downloads = work / "debs"
     downloads.mkdir()
+    subprocess.run(["apt-get", "update"], check=True)
     subprocess.run(["apt-get", "download", *DEBIAN_PACKAGES], cwd=downloads, check=True)
     entries = []
     for deb in sorted(downloads.glob("*.deb")):

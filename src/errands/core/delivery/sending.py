@@ -1,9 +1,9 @@
 """The "deliveries" loop: claim due deliveries, send each through the guarded client, record it.
 
 Per destination host at most `delivery_max_per_host` requests are in flight; a slot is taken
-before the request's timeout starts, and a host whose slots and queue are full gets its further
-deliveries put back for a moment, so a slow host holds few of the loop's places and never delays
-deliveries to other hosts.
+before the request's timeout starts. One host may hold at most half of the loop's places (sending
+or waiting for a slot); its further deliveries are put back for a moment, so a slow host never
+fills the loop and never delays deliveries to other hosts.
 """
 
 import asyncio
@@ -47,8 +47,8 @@ MAX_RESPONSE_BYTES = 1024
 # Recording an outcome when the database is briefly unreachable: 0.5 s, 1 s, 2 s, 4 s, 5 s ...
 RECORD_RETRY_BASE_S = 0.5
 RECORD_RETRY_MAX_S = 5.0
-# How long a delivery to a host with no free slot is put back for (with jitter up to double).
-CROWDED_HOST_DEFER_S = 1.0
+# How long a delivery to a crowded host is put back for (with jitter up to double).
+CROWDED_HOST_DEFER_S = 0.5
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 Written = TypeVar("Written")
@@ -111,15 +111,17 @@ def judge_error(error: OutboundError) -> Outcome:
 
 
 class HostSlots:
-    """At most `limit` requests per host at once, and at most `limit` more waiting for a slot."""
+    """At most `limit` requests per host at once; a host is crowded once `max_held` deliveries
+    to it are sending or waiting for a slot."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_held: int) -> None:
         self.limit = limit
+        self.max_held = max(max_held, limit)
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._holders: dict[str, int] = {}
 
     def crowded(self, host: str) -> bool:
-        return self._holders.get(host, 0) >= 2 * self.limit
+        return self._holders.get(host, 0) >= self.max_held
 
     async def hold(self, host: str, send: Callable[[], Awaitable[Written]]) -> Written:
         """Run `send` once `host` has a free slot."""
@@ -141,10 +143,15 @@ class _Sender:
         self._settings: Settings = resources.settings
         self._owner = owner
         self._keys = self._settings.webhook_keys
-        self._slots = HostSlots(self._settings.delivery_max_per_host)
+        self._slots = HostSlots(
+            self._settings.delivery_max_per_host, self._settings.delivery_max_in_flight // 2
+        )
         self._recorder = Batcher(
             functools.partial(store.record_attempts, self._pool, owner),
             name="deliveries:record",
+        )
+        self._deferrer = Batcher(
+            functools.partial(store.defer, self._pool, owner), name="deliveries:defer"
         )
 
     async def deliver(self, row: claims.Row) -> None:
@@ -164,12 +171,9 @@ class _Sender:
             return
         host = urlsplit(row["url"]).hostname or ""
         if self._slots.crowded(host):
-            delay = timedelta(
-                seconds=random.uniform(CROWDED_HOST_DEFER_S, 2 * CROWDED_HOST_DEFER_S)
-            )
-            await _until_written(
-                delivery_id, lambda: store.defer(self._pool, self._owner, delivery_id, delay)
-            )
+            delay_s = random.uniform(CROWDED_HOST_DEFER_S, 2 * CROWDED_HOST_DEFER_S)
+            deferred = store.Deferred(delivery_id, delay_s)
+            await _until_written(delivery_id, lambda: self._deferrer.submit(deferred))
             return
         await self._slots.hold(host, functools.partial(self._attempt, row))
 
@@ -304,6 +308,7 @@ async def deliver_webhooks(resources: Resources, stop: asyncio.Event) -> None:
         batch_size=settings.delivery_batch_size,
         max_in_flight=settings.delivery_max_in_flight,
         poll_interval_s=settings.delivery_poll_interval_s,
+        lookahead=timedelta(seconds=settings.delivery_lookahead_s),
     )
     await claims.run_claim_loop(
         queue,

@@ -12,12 +12,14 @@ from psycopg.types.json import Jsonb
 
 from errands.core import claims
 from errands.core.db import Pool
+from errands.core.resources import Resources
 
 __all__ = [
     "ATTEMPTS_KEPT",
     "CHANNEL",
     "AttemptRecord",
     "BadCursor",
+    "Deferred",
     "NewDelivery",
     "Status",
     "cancel",
@@ -26,6 +28,7 @@ __all__ = [
     "defer",
     "enqueue",
     "enqueue_all",
+    "expire_finished_deliveries",
     "get_delivery",
     "list_deliveries",
     "page_cursor",
@@ -91,14 +94,15 @@ RECORD_ATTEMPTS = """
     SELECT id FROM recorded
 """
 
-# A delivery put back for later without an attempt: its host had no free slot.
+# Deliveries put back for a moment without an attempt: their host was crowded.
 DEFER = """
-    UPDATE deliveries
-       SET due_at = now() + %(delay)s,
+    UPDATE deliveries AS d
+       SET due_at = now() + later.delay_s * interval '1 second',
            lease_owner = NULL,
            lease_until = NULL
-     WHERE id = %(id)s
-       AND lease_owner = %(owner)s
+      FROM unnest(%(ids)s::uuid[], %(delays_s)s::float8[]) AS later (id, delay_s)
+     WHERE d.id = later.id
+       AND d.lease_owner = %(owner)s
 """
 
 # A delivery being sent right now is left alone: its request may already be on the wire. One
@@ -244,10 +248,11 @@ class AttemptRecord:
 
 async def record_attempts(pool: Pool, owner: str, attempts: list[AttemptRecord]) -> list[bool]:
     """Record a batch of attempts; say of each whether `owner` still held its lease."""
+    ids = [item.id for item in attempts]
     params = {
         "owner": owner,
         "kept": ATTEMPTS_KEPT,
-        "ids": [item.id for item in attempts],
+        "ids": ids,
         "results": [item.result for item in attempts],
         "attempted_at": [item.attempted_at for item in attempts],
         "status_codes": [item.status_code for item in attempts],
@@ -255,15 +260,31 @@ async def record_attempts(pool: Pool, owner: str, attempts: list[AttemptRecord])
         "errors": [item.error for item in attempts],
         "retry_in_s": [item.retry_in_s for item in attempts],
     }
-    async with pool.connection() as conn:
+    async with pool.connection() as conn, conn.transaction():
+        await claims.lock_in_id_order(conn, "deliveries", ids)
         cursor = await conn.execute(RECORD_ATTEMPTS, params)
         held = {row["id"] for row in await cursor.fetchall()}
     return [item.id in held for item in attempts]
 
 
-async def defer(pool: Pool, owner: str, delivery_id: uuid.UUID, delay: timedelta) -> None:
-    async with pool.connection() as conn:
-        await conn.execute(DEFER, {"owner": owner, "id": delivery_id, "delay": delay})
+@dataclass(frozen=True)
+class Deferred:
+    id: uuid.UUID
+    delay_s: float
+
+
+async def defer(pool: Pool, owner: str, deferred: list[Deferred]) -> list[None]:
+    """Put deliveries back for their delays, in one statement."""
+    ids = [item.id for item in deferred]
+    params = {
+        "owner": owner,
+        "ids": ids,
+        "delays_s": [item.delay_s for item in deferred],
+    }
+    async with pool.connection() as conn, conn.transaction():
+        await claims.lock_in_id_order(conn, "deliveries", ids)
+        await conn.execute(DEFER, params)
+    return [None] * len(deferred)
 
 
 async def cancel(conn: psycopg.AsyncConnection[Any], delivery_id: uuid.UUID) -> bool:
@@ -350,3 +371,26 @@ async def count_by_status(pool: Pool, *, source: str | None = None) -> dict[str,
     counts = dict.fromkeys(("pending", "delivered", "failed", "cancelled"), 0)
     counts.update({row["status"]: row["n"] for row in rows})
     return counts
+
+
+# Timers' deliveries go with their timers (timers/store.py), under the timers' retention.
+EXPIRE_FINISHED_DELIVERIES = """
+    DELETE FROM deliveries
+     WHERE id IN (
+           SELECT id
+             FROM deliveries
+            WHERE source <> 'timer'
+              AND due_at IS NULL
+              AND coalesce(delivered_at, scheduled_at) < now() - %(keep)s
+            LIMIT %(limit)s
+     )
+"""
+
+
+async def expire_finished_deliveries(resources: Resources, limit: int) -> int:
+    """Delete up to `limit` finished deliveries (with their attempt logs) older than
+    ERRANDS_DELIVERY_RETENTION_DAYS."""
+    keep = timedelta(days=resources.settings.delivery_retention_days)
+    async with resources.pool.connection() as conn:
+        cursor = await conn.execute(EXPIRE_FINISHED_DELIVERIES, {"keep": keep, "limit": limit})
+        return cursor.rowcount

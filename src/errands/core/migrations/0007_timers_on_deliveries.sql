@@ -36,3 +36,30 @@ CREATE UNIQUE INDEX timers_idempotency_key ON timers (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 -- GET /timers pages newest first.
 CREATE INDEX timers_created ON timers (created_at DESC, id DESC);
+
+-- Recurring schedules: each occurrence becomes a delivery of its own (a new webhook-id). due_at
+-- is the next occurrence, NULL while paused; the "timers" loop claims due schedules on the
+-- scheduling core and enqueues their deliveries.
+CREATE TABLE schedules (
+    id          uuid PRIMARY KEY,
+    cron        text,
+    timezone    text NOT NULL DEFAULT 'UTC',
+    every_s     integer CHECK (every_s > 0),
+    url         text NOT NULL,
+    method      text NOT NULL DEFAULT 'POST',
+    headers     jsonb NOT NULL DEFAULT '{}',
+    body        bytea,
+    paused      boolean NOT NULL DEFAULT false,
+    next_at     timestamptz NOT NULL,
+    due_at      timestamptz,
+    fired       integer NOT NULL DEFAULT 0,
+    last_fired_at timestamptz,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    lease_owner text,
+    lease_until timestamptz,
+    CHECK ((cron IS NULL) <> (every_s IS NULL)),
+    CHECK (paused = (due_at IS NULL))
+);
+
+CREATE INDEX schedules_due_at ON schedules (due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX schedules_created ON schedules (created_at DESC, id DESC);

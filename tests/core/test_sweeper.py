@@ -1,0 +1,148 @@
+"""The sweeper: each feature's expiry removes what its retention lets go, in batches, and
+nothing that is still wanted."""
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from errands.config import Settings
+from errands.core import sweeper
+from errands.core.db import open_pool
+from errands.core.resources import Resources, open_resources
+from errands.loops import EXPIRIES, LOOPS
+from errands.stats.store import expire_stats
+
+INSERT_STATS_ROW = """
+    INSERT INTO stats_buckets (method, route, minute, process, count, errors, sum_ms, histogram)
+    VALUES ('GET', %(route)s, now() - %(age)s, '', 1, 0, 1.0, '{1}')
+"""
+
+# A timer and its delivery (its state lives there), as the timers feature stores them.
+INSERT_TIMER = """
+    WITH timer AS (
+        INSERT INTO timers (id, url, fire_at)
+        VALUES (%(id)s, 'http://a.test/', now() - %(age)s)
+    )
+    INSERT INTO deliveries (id, source, url, status, scheduled_at, due_at, delivered_at)
+    VALUES (%(id)s, 'timer', 'http://a.test/', %(status)s, now() - %(age)s,
+            CASE WHEN %(status)s = 'pending' THEN now() - %(age)s END,
+            CASE WHEN %(status)s = 'delivered' THEN now() - %(age)s END)
+"""
+
+INSERT_ALERT_DELIVERY = """
+    INSERT INTO deliveries (id, source, url, status, scheduled_at, due_at, delivered_at)
+    VALUES (%(id)s, 'alert', 'http://a.test/', 'delivered', now() - %(age)s, NULL,
+            now() - %(age)s)
+"""
+
+
+@pytest.fixture
+async def swept(settings: Settings) -> AsyncIterator[Resources]:
+    retention = {
+        "stats_retention_days": 10,
+        "timer_retention_days": 5,
+        "delivery_retention_days": 3,
+        "sweep_interval_s": 0.1,
+    }
+    async with open_resources(settings.model_copy(update=retention)) as opened:
+        yield opened
+
+
+async def stats_routes(resources: Resources) -> set[str]:
+    async with resources.pool.connection() as conn:
+        cursor = await conn.execute("SELECT route FROM stats_buckets")
+        return {row["route"] for row in await cursor.fetchall()}
+
+
+async def ids_in(resources: Resources, table: str) -> set[uuid.UUID]:
+    async with resources.pool.connection() as conn:
+        cursor = await conn.execute(f"SELECT id FROM {table}")  # noqa: S608 (a fixed name)
+        return {row["id"] for row in await cursor.fetchall()}
+
+
+async def test_old_stats_rows_go_and_recent_ones_stay(swept: Resources) -> None:
+    async with swept.pool.connection() as conn:
+        for route, age in [("/old", timedelta(days=11)), ("/recent", timedelta(days=9))]:
+            await conn.execute(INSERT_STATS_ROW, {"route": route, "age": age})
+
+    assert await sweeper.sweep_once(swept, EXPIRIES) == dict.fromkeys(EXPIRIES, 0) | {"stats": 1}
+    assert await stats_routes(swept) == {"/recent"}
+
+
+async def test_finished_timers_past_retention_go_and_pending_ones_stay(swept: Resources) -> None:
+    kept = {
+        "recently fired": ("delivered", timedelta(days=4)),
+        "pending and overdue": ("pending", timedelta(days=30)),
+    }
+    gone = {
+        "fired long ago": ("delivered", timedelta(days=6)),
+        "failed long ago": ("failed", timedelta(days=6)),
+        "cancelled long ago": ("cancelled", timedelta(days=6)),
+    }
+    ids = {name: uuid.uuid4() for name in kept | gone}
+    async with swept.pool.connection() as conn:
+        for name, (status, age) in (kept | gone).items():
+            await conn.execute(INSERT_TIMER, {"id": ids[name], "status": status, "age": age})
+
+    removed = await sweeper.sweep_once(swept, EXPIRIES)
+
+    assert removed["timers"] == len(gone)
+    assert await ids_in(swept, "timers") == {ids[name] for name in kept}
+    assert await ids_in(swept, "deliveries") == {ids[name] for name in kept}
+
+
+async def test_other_deliveries_follow_their_own_retention(swept: Resources) -> None:
+    old, recent = uuid.uuid4(), uuid.uuid4()
+    async with swept.pool.connection() as conn:
+        await conn.execute(INSERT_ALERT_DELIVERY, {"id": old, "age": timedelta(days=4)})
+        await conn.execute(INSERT_ALERT_DELIVERY, {"id": recent, "age": timedelta(days=2)})
+        # A timer's delivery of the same age stays: timers keep theirs for 5 days.
+        timer = uuid.uuid4()
+        await conn.execute(
+            INSERT_TIMER, {"id": timer, "status": "delivered", "age": timedelta(days=4)}
+        )
+
+    removed = await sweeper.sweep_once(swept, EXPIRIES)
+
+    assert removed["deliveries"] == 1
+    assert await ids_in(swept, "deliveries") == {recent, timer}
+
+
+async def test_an_expiry_is_repeated_until_its_backlog_is_gone(
+    swept: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sweeper, "SWEEP_BATCH", 2)
+    async with swept.pool.connection() as conn:
+        for n in range(5):
+            await conn.execute(INSERT_STATS_ROW, {"route": f"/old{n}", "age": timedelta(days=20)})
+
+    assert await sweeper.sweep_once(swept, {"stats": expire_stats}) == {"stats": 5}
+    assert await stats_routes(swept) == set()
+
+
+async def test_the_sweeper_loop_sweeps_until_stopped(swept: Resources) -> None:
+    async with swept.pool.connection() as conn:
+        await conn.execute(INSERT_STATS_ROW, {"route": "/old", "age": timedelta(days=11)})
+    stop = asyncio.Event()
+    sweeping = asyncio.create_task(LOOPS["sweeper"](swept, stop))
+    try:
+        for _ in range(600):  # polled for up to 30 s
+            if not await stats_routes(swept):
+                break
+            await asyncio.sleep(0.05)
+        assert await stats_routes(swept) == set()
+    finally:
+        stop.set()
+        await asyncio.wait_for(sweeping, 10)
+
+
+async def test_a_database_out_of_reach_leaves_the_sweep_for_later(swept: Resources) -> None:
+    async with open_pool(swept.database_url, max_size=1) as pool:
+        pass  # closed on leaving: every use now fails as with a database gone
+    unreachable = dataclasses.replace(swept, pool=pool)
+
+    assert await sweeper.sweep_once(unreachable, EXPIRIES) == dict.fromkeys(EXPIRIES, 0)
