@@ -1501,10 +1501,12 @@ SELECT_MONITOR_PAGE = """
            last.response_time_ms AS last_response_ms,
            m.total
       FROM (SELECT *, count(*) OVER () AS total
-              FROM (SELECT id, url, method, interval_s, state, paused, public, created_at,
+              FROM (SELECT id, url, method, interval_s, coalesce(st.state, 'new') AS state,
+                           paused, public, created_at,
                            coalesce(name, substring(url FROM '^[a-z]+://(?:[^/@]*@)?([^/:?#]+)'),
                                     url) AS name
-                      FROM monitors) AS named
+                      FROM monitors
+                      LEFT JOIN monitor_states AS st ON st.monitor_id = monitors.id) AS named
              WHERE (%(search)s::text IS NULL
                     OR strpos(lower(name), lower(%(search)s)) > 0
                     OR strpos(lower(url), lower(%(search)s)) > 0)
@@ -1532,7 +1534,9 @@ COUNT_MONITOR_STATES = """
            count(*) FILTER (WHERE state = 'down' AND NOT paused) AS down,
            count(*) FILTER (WHERE state = 'new' AND NOT paused) AS new,
            count(*) FILTER (WHERE paused) AS paused
-      FROM monitors
+      FROM (SELECT coalesce(st.state, 'new') AS state, paused
+              FROM monitors
+              LEFT JOIN monitor_states AS st ON st.monitor_id = monitors.id) AS states
 """
 
 # The status page's only view of monitors: those marked public, by name and state alone (never
@@ -1540,8 +1544,10 @@ COUNT_MONITOR_STATES = """
 SELECT_PUBLIC_MONITORS = """
     SELECT id,
            coalesce(name, substring(url FROM '^[a-z]+://(?:[^/@]*@)?([^/:?#]+)'), url) AS name,
-           CASE WHEN paused THEN 'paused' ELSE state END AS state, state_since
+           CASE WHEN paused THEN 'paused' ELSE coalesce(st.state, 'new') END AS state,
+           st.state_since
       FROM monitors
+      LEFT JOIN monitor_states AS st ON st.monitor_id = monitors.id
      WHERE public
      ORDER BY 2, id
 """
