@@ -175,7 +175,7 @@ class _Sender:
             deferred = store.Deferred(delivery_id, delay_s)
             await _until_written(delivery_id, lambda: self._deferrer.submit(deferred))
             return
-        await self._slots.hold(host, functools.partial(self._attempt, row))
+        await self._attempt(row, host)
 
     async def _notify_apprise(self, row: claims.Row) -> None:
         """An Apprise URL that Apprise cannot parse fails at once; a failed notification is
@@ -195,7 +195,17 @@ class _Sender:
         latency_ms = (time.perf_counter() - started) * 1000
         await self._record(row, attempted_at, None, latency_ms, outcome)
 
-    async def _attempt(self, row: claims.Row) -> None:
+    async def _attempt(self, row: claims.Row, host: str) -> None:
+        """Send once, holding one of the host's slots for the request alone: recording the
+        outcome waits for a group commit, which must not keep the next request to that host
+        waiting."""
+        attempted_at, status_code, latency_ms, outcome = await self._slots.hold(
+            host, functools.partial(self._send, row)
+        )
+        await self._record(row, attempted_at, status_code, latency_ms, outcome)
+
+    async def _send(self, row: claims.Row) -> tuple[datetime, int | None, float, Outcome]:
+        """The request, signed as it leaves, and its outcome."""
         body: bytes = row["body"]
         attempted_at = datetime.now(UTC)
         headers = {
@@ -219,8 +229,7 @@ class _Sender:
             outcome = judge_response(response.status, response.headers, datetime.now(UTC))
         except OutboundError as error:
             outcome = judge_error(error)
-        latency_ms = (time.perf_counter() - started) * 1000
-        await self._record(row, attempted_at, status_code, latency_ms, outcome)
+        return attempted_at, status_code, (time.perf_counter() - started) * 1000, outcome
 
     async def _record(
         self,
