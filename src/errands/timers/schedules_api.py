@@ -126,27 +126,24 @@ class ScheduleChange(RequestBody):
         return self
 
 
+SCHEDULE_EXAMPLE: dict[str, JsonValue] = {
+    "id": EXAMPLE_ID,
+    "cron": "*/5 * * * *",
+    "timezone": "Europe/Amsterdam",
+    "every_s": None,
+    "url": "https://example.com/tick",
+    "method": "POST",
+    "headers": {},
+    "paused": False,
+    "next_at": "2026-12-01T12:05:00Z",
+    "fired": 12,
+    "last_fired_at": "2026-12-01T12:00:00.003Z",
+    "created_at": "2026-12-01T11:00:00Z",
+}
+
+
 class ScheduleView(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": EXAMPLE_ID,
-                    "cron": "*/5 * * * *",
-                    "timezone": "Europe/Amsterdam",
-                    "every_s": None,
-                    "url": "https://example.com/tick",
-                    "method": "POST",
-                    "headers": {},
-                    "paused": False,
-                    "next_at": "2026-12-01T12:05:00Z",
-                    "fired": 12,
-                    "last_fired_at": "2026-12-01T12:00:00.003Z",
-                    "created_at": "2026-12-01T11:00:00Z",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [SCHEDULE_EXAMPLE]})
 
     id: uuid.UUID
     cron: str | None
@@ -163,6 +160,10 @@ class ScheduleView(BaseModel):
 
 
 class SchedulePage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"schedules": [SCHEDULE_EXAMPLE], "next_cursor": None}]}
+    )
+
     schedules: list[ScheduleView]
     next_cursor: str | None
 

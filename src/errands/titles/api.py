@@ -270,9 +270,16 @@ async def previews_response(
 @previews_router.post(
     "/previews",
     summary="Link previews of many pages",
+    openapi_extra=request_example({"urls": ["https://www.python.org/"]}),
     responses={
-        200: {"description": "Every entry's preview or why there is none, in input order."},
-        422: {"description": "Not a list of URLs, empty, too long, or a bad entry."},
+        200: answer(
+            {"previews": [PREVIEW_EXAMPLE], "elapsed_ms": 190.5},
+            "Every entry's preview or why there is none, in input order.",
+        ),
+        422: answer(
+            {"detail": "urls has 1200 entries; at most 1000 are accepted"},
+            "Not a list of URLs, empty, too long, or a bad entry.",
+        ),
     },
 )
 async def post_previews(
