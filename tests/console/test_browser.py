@@ -151,7 +151,8 @@ async def test_open_the_pages_of_an_upload(browser: WebDriver, settings: Setting
                 browser.refresh()
                 return text_of(browser, "main > p .state") == "done"
 
-            wait_for("the upload to be converted", converted)
+            # Conversions run in child processes: slow on a busy machine.
+            wait_for("the upload to be converted", converted, timeout_s=90)
             images = browser.find_elements(By.CSS_SELECTOR, "ol.pages img")
             assert [image.get_attribute("alt") for image in images] == [
                 "Page 1 of report.pdf",
