@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -67,7 +68,7 @@ FILL = """
 
 
 @pytest.fixture
-async def filled(pool: Pool) -> Pool:
+async def filled(pool: Pool, database_url: str) -> Pool:
     first_day = datetime.now(UTC).date() - timedelta(days=DAYS_OF_CHECKS - 1)
     days = {first_day + timedelta(days=n) for n in range(DAYS_OF_CHECKS)}
     await monitors_store.ensure_partitions(pool, days)
@@ -76,7 +77,8 @@ async def filled(pool: Pool) -> Pool:
         "monitors": MONITORS_WITH_CHECKS,
         "slots": DAYS_OF_CHECKS * 288 - 12,
     }
-    async with pool.connection() as conn:
+    # Filling takes longer than the pool's deadline on a busy machine: a connection of its own.
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         for statement in FILL.split(";"):
             if statement.strip():
                 await conn.execute(statement, params if "%(" in statement else None)  # type: ignore[arg-type]
@@ -119,7 +121,12 @@ async def hot_query_plans(pool: Pool) -> dict[str, str]:
     monitor_id = await some_id(pool, "SELECT monitor_id AS id FROM checks LIMIT 1")
     since, until = window(24 * 30).values()
     first_hour, last_hour = since.replace(minute=0) + timedelta(hours=1), until.replace(minute=0)
-    claim = {"owner": "plan", "lease": timedelta(seconds=30), "limit": 100}
+    claim = {
+        "owner": "plan",
+        "lease": timedelta(seconds=30),
+        "limit": 100,
+        "lookahead": timedelta(seconds=0.25),
+    }
     return {
         "claim deliveries": await plan(pool, claim_query("deliveries"), claim),
         "claim monitors": await plan(pool, claim_query("monitors"), claim),
