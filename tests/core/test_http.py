@@ -1,3 +1,4 @@
+import asyncio
 import gzip
 import ipaddress
 import socket
@@ -525,3 +526,18 @@ async def test_headers_json_and_user_agent_are_sent(
 async def test_the_client_must_be_opened_first() -> None:
     with pytest.raises(RuntimeError, match="not open"):
         await GuardedClient(allow_private=True).fetch("GET", "http://example.com/")
+
+
+async def test_a_server_that_hangs_up_is_described_in_words_not_as_an_exception_repr() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, GuardedClient(allow_private=True, timeout_s=5.0) as client:
+        with pytest.raises(OutboundError) as raised:
+            await client.fetch("GET", f"http://127.0.0.1:{port}/")
+    assert str(raised.value) == (
+        "request to 127.0.0.1 failed: the server closed the connection before it answered"
+    )

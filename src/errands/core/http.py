@@ -272,7 +272,20 @@ def _translate(error: BaseException, url: URL) -> OutboundError:
         return OutboundError(f"TLS with {host} failed: {error.os_error}", kind="tls")
     if isinstance(error, aiohttp.ClientConnectorError):
         return OutboundError(f"could not connect to {host}:{url.port}", kind="connect")
-    return OutboundError(f"request to {host} failed: {error!r}", kind="other")
+    return OutboundError(f"request to {host} failed: {_reason(error)}", kind="other")
+
+
+def _reason(error: BaseException) -> str:
+    """What went wrong, in words a person can act on, never an exception's repr."""
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection before it answered"
+    if isinstance(error, aiohttp.ClientPayloadError):
+        return "the answer's body was cut short or malformed"
+    if isinstance(error, aiohttp.ClientResponseError):
+        return f"the answer was not valid HTTP ({error.message or error.status})"
+    if isinstance(error, aiohttp.ClientOSError):
+        return error.strerror or "the connection failed"
+    return str(error) or type(error).__name__
 
 
 def _peer_certificate(response: aiohttp.ClientResponse) -> bytes | None:
