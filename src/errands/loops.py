@@ -8,10 +8,11 @@ from typing import Any
 import structlog
 
 from errands.conversions.store import expire_uploads
-from errands.conversions.supervisor import convert_uploaded_files
+from errands.conversions.supervisor import ABANDONED_WRITE_AGE_S, convert_uploaded_files
 from errands.core.delivery import deliver_webhooks
 from errands.core.delivery.store import expire_finished_deliveries
 from errands.core.resources import Resources
+from errands.core.storage import StorageUnavailable
 from errands.core.sweeper import Expiry, run_sweeper
 from errands.monitors.checker import run_checker
 from errands.monitors.sink import run_sink
@@ -32,12 +33,24 @@ async def expire_finished_uploads(resources: Resources, limit: int) -> int:
     return await expire_uploads(resources.pool, resources.storage, retention)
 
 
+async def expire_abandoned_writes(resources: Resources, limit: int) -> int:
+    """What writes to the storage left behind when their process died (partial files, unfinished
+    multipart uploads); never a write in progress. A storage out of reach waits for the next
+    sweep."""
+    try:
+        return await resources.storage.sweep_abandoned_writes(ABANDONED_WRITE_AGE_S)
+    except StorageUnavailable as error:
+        log.warning("sweep_failed", expiry="abandoned writes", error=str(error))
+        return 0
+
+
 # Each feature's own expiry of what its retention settings let go, applied by the sweeper.
 EXPIRIES: dict[str, Expiry] = {
     "stats": expire_stats,
     "timers": expire_finished_timers,
     "deliveries": expire_finished_deliveries,
     "uploads": expire_finished_uploads,
+    "abandoned writes": expire_abandoned_writes,
 }
 
 

@@ -3,6 +3,8 @@ nothing that is still wanted."""
 
 import asyncio
 import dataclasses
+import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -146,3 +148,20 @@ async def test_a_database_out_of_reach_leaves_the_sweep_for_later(swept: Resourc
     unreachable = dataclasses.replace(swept, pool=pool)
 
     assert await sweeper.sweep_once(unreachable, EXPIRIES) == dict.fromkeys(EXPIRIES, 0)
+
+
+async def test_the_sweep_removes_what_a_killed_upload_left_but_not_a_live_one(
+    swept: Resources,
+) -> None:
+    live = await swept.storage.open_write("uploads/u1/original.png")
+    await live.write(b"still arriving")
+    partials = swept.settings.data_dir / "files" / ".partial"
+    abandoned = partials / "left-by-a-killed-process"
+    abandoned.write_bytes(b"half an upload")
+    an_hour_ago = time.time() - 3600
+    for path in partials.iterdir():
+        os.utime(path, (an_hour_ago, an_hour_ago))  # both look old: only the lock tells them apart
+    removed = await sweeper.sweep_once(swept, EXPIRIES)
+    assert removed["abandoned writes"] == 1
+    assert not abandoned.exists()
+    await live.commit()
