@@ -263,15 +263,19 @@ async def test_a_delivery_claimed_ahead_waits_in_memory_and_is_never_early(
     settings: Settings, target_server: TargetServer
 ) -> None:
     url = target_server.route("/on-time")
-    async with deliveries_running(settings, delivery_lookahead_s=1.0) as resources:
-        due_at = datetime.now(UTC) + timedelta(seconds=0.6)
+    async with deliveries_running(settings, delivery_lookahead_s=3.0) as resources:
+        due_at = datetime.now(UTC) + timedelta(seconds=2.0)
         delivery_id = await enqueue(resources, url, due_at=due_at)
-        await asyncio.sleep(0.3)
-        async with resources.pool.connection() as conn:
-            cursor = await conn.execute(
-                "SELECT lease_until > now() AS held FROM deliveries WHERE id = %s", (delivery_id,)
-            )
-            held_before_due = await cursor.fetchone()
+        held_before_due = None
+        while held_before_due != {"held": True} and datetime.now(UTC) < due_at:
+            async with resources.pool.connection() as conn:
+                cursor = await conn.execute(
+                    "SELECT lease_until > now() AS held FROM deliveries WHERE id = %s",
+                    (delivery_id,),
+                )
+                held_before_due = await cursor.fetchone()
+            await asyncio.sleep(0.02)
+        assert not target_server.requests["/on-time"], "sent before it was due"
         done = await settled(resources, delivery_id)
 
     assert held_before_due == {"held": True}, "claimed within the lookahead"

@@ -277,10 +277,10 @@ async def run_claim_loop(
     wakeup = _Wakeup(url, queue.channel)
     running: dict[asyncio.Task[None], Lease] = {}
 
-    async def run_one(row: Row, lease: Lease) -> None:
+    async def run_one(row: Row, lease: Lease, answered_at: float) -> None:
         _current_lease.set(lease)
         try:
-            if (wait_s := _seconds_until_due(row, lease)) > 0:
+            if (wait_s := _seconds_until_due(row, answered_at)) > 0:
                 await asyncio.sleep(wait_s)  # claimed within the lookahead: wait in memory
             lease.check()
             await handle(row)
@@ -331,11 +331,16 @@ async def run_claim_loop(
                 await _first_of([stop.wait()], within_s=delay_s)
                 continue
             failed_claims = 0
+            # The database's clock read the rows' due times between these two instants: a wait
+            # counted from the later one never ends early.
+            answered_at = time.monotonic()
             for row in rows:
                 lease = Lease(
                     row["id"], owner, queue.lease_s, claimed_at, claimed_at + queue.lease_s
                 )
-                task = asyncio.create_task(run_one(row, lease), name=f"{queue.table}:{row['id']}")
+                task = asyncio.create_task(
+                    run_one(row, lease, answered_at), name=f"{queue.table}:{row['id']}"
+                )
                 running[task] = lease
                 task.add_done_callback(running.pop)
             if len(rows) < limit:
@@ -349,11 +354,11 @@ async def run_claim_loop(
         await asyncio.gather(listener, renewer, return_exceptions=True)
 
 
-def _seconds_until_due(row: Row, lease: Lease) -> float:
+def _seconds_until_due(row: Row, answered_at: float) -> float:
     """How long until a claimed row is due: by the database's clock at the claim, carried
-    forward on this process's monotonic clock since."""
+    forward on this process's monotonic clock from when the claim's answer arrived."""
     until_due_at_claim = (row["due_at"] - row["claimed_at"]).total_seconds()
-    return float(until_due_at_claim - (time.monotonic() - lease.claimed_at))
+    return float(until_due_at_claim - (time.monotonic() - answered_at))
 
 
 def _claim_retry_delay_s(failed_claims: int) -> float:
