@@ -409,3 +409,24 @@ async def test_channels_and_maintenance_windows_are_listed_with_secrets_masked(
     assert "on-call" in page.text and "hooks.example" in page.text
     assert "hunter2" not in page.text
     assert "2030-01-01 00:00:00 UTC" in page.text
+
+
+async def test_the_timers_page_lists_the_recurring_schedules(
+    settings: Settings, resources: Resources
+) -> None:
+    async with serve_app(settings) as app:
+        api = app.client
+        cron = {"cron": "*/5 * * * *", "timezone": "Europe/Amsterdam", "url": "https://a.test/"}
+        daily = (await api.post("/schedules", json=cron)).json()["id"]
+        every = {"every_s": 60, "url": "https://b.test/"}
+        minutely = (await api.post("/schedules", json=every)).json()["id"]
+        assert (await api.post(f"/schedules/{minutely}/pause")).status_code == 200
+
+        page = await pages.build_timers_page(resources, None, None)
+        assert [str(schedule.id) for schedule in page.schedules] == [minutely, daily]
+        assert [schedule.paused for schedule in page.schedules] == [True, False]
+        assert page.more_schedules is False
+
+        html = (await api.get("/console/timers")).text
+        assert "<code>*/5 * * * *</code> (Europe/Amsterdam)" in html
+        assert "every 60 s" in html and "paused" in html

@@ -35,6 +35,7 @@ from errands.monitors.maintenance import MaintenanceWindow
 from errands.stats import api as stats_api
 from errands.timers import api as timers_api
 from errands.timers import store as timers_store
+from errands.timers.schedules_api import ScheduleView
 
 __all__ = [
     "AlertsPage",
@@ -654,6 +655,9 @@ class TimersPage:
     status: timers_api.ListedStatus | None
     timers: list[timers_api.TimerView]
     next_cursor: str | None
+    # The recurring schedules, newest first (the first page; the JSON API pages through more).
+    schedules: list[ScheduleView]
+    more_schedules: bool
 
     def link(self, cursor: str | None = None) -> str:
         """This listing's URL, keeping the status filter, at `cursor` (None: the first page)."""
@@ -678,6 +682,7 @@ TimerStatusFilter = Annotated[
     Query(description="Only timers in this state; empty for all", examples=["failed"]),
 ]
 TIMERS_PER_PAGE = 50
+SCHEDULES_ON_PAGE = 50
 
 
 async def build_timers_page(
@@ -690,12 +695,17 @@ async def build_timers_page(
     except BadCursor as error:
         raise PageError(422, f"cursor: {error}") from None
     pending = await timers_store.count_pending(resources.pool)
+    schedules, more_schedules = await timers_store.list_schedules(
+        resources.pool, limit=SCHEDULES_ON_PAGE, cursor=None
+    )
     return TimersPage(
         title=f"Timers ({pending} pending)",
         pending=pending,
         status=status,
         timers=[timers_api.TimerView.model_validate(row) for row in rows],
         next_cursor=next_cursor,
+        schedules=[ScheduleView.model_validate(row) for row in schedules],
+        more_schedules=more_schedules is not None,
     )
 
 
