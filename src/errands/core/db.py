@@ -199,7 +199,12 @@ async def open_pool(
         kwargs={
             "autocommit": True,
             "row_factory": dict_row,
-            "options": f"-c statement_timeout={statement_timeout_ms}",
+            # The server ends, by the same deadline, a transaction its client stopped talking in
+            # (a worker frozen mid-transaction), so its row locks do not hold other workers off.
+            "options": (
+                f"-c statement_timeout={statement_timeout_ms} "
+                f"-c idle_in_transaction_session_timeout={statement_timeout_ms}"
+            ),
         },
         open=False,
         name="errands",
