@@ -126,7 +126,8 @@ def _pdf_from_objects(objects: list[bytes], root: int = 1) -> bytes:
 
 def nested_forms_pdf(depth: int = 20) -> bytes:
     """A one-page PDF of a few kilobytes whose page draws form 'depth', which draws form
-    'depth - 1' twice, and so on: 2**depth rectangles to paint, seconds to minutes of work."""
+    'depth - 1' twice, and so on: 2**depth rectangles to paint, seconds to minutes of work (and
+    memory growing all the while)."""
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
