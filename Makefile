@@ -25,10 +25,14 @@ $(VENV)/.installed-bench: $(DEPENDS)
 run: $(VENV)/.installed-service
 	$(BIN)/errands serve
 
-# The console's browser tests drive Debian's headless Chromium.
+# The console's browser tests drive Debian's headless Chromium; the deploy tests check the
+# HAProxy and Prometheus configs with the tools themselves.
+TEST_COMMANDS := chromium chromedriver haproxy promtool
+TEST_PACKAGES := chromium chromium-driver haproxy prometheus
+
 test: $(VENV)/.installed-dev
-	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; }
+	(for command in $(TEST_COMMANDS); do command -v $$command >/dev/null || exit 1; done) || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(TEST_PACKAGES); }
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed-dev
