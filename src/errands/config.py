@@ -131,6 +131,7 @@ class Settings(BaseSettings):
     # Conversions: upload limits, output size, and the child processes that convert
     upload_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)  # one request, all files
     upload_max_files: int = Field(default=50, ge=1)
+    upload_max_duration_s: float = Field(default=3600.0, gt=0, le=86400)  # first byte to last
     conversion_max_side: int = Field(default=3500, ge=16)
     pdf_dpi: int = Field(default=150, ge=18, le=1200)  # lowered per page to fit max_side
     max_pixels: int = Field(default=250_000_000, ge=1)  # larger images are refused unread

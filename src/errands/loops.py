@@ -7,8 +7,8 @@ from typing import Any
 
 import structlog
 
-from errands.conversions.store import expire_uploads
-from errands.conversions.supervisor import ABANDONED_WRITE_AGE_S, convert_uploaded_files
+from errands.conversions.store import expire_orphaned_files, expire_uploads
+from errands.conversions.supervisor import abandoned_write_age_s, convert_uploaded_files
 from errands.core.delivery import deliver_webhooks
 from errands.core.delivery.store import expire_finished_deliveries
 from errands.core.resources import Resources
@@ -34,11 +34,13 @@ async def expire_finished_uploads(resources: Resources, limit: int) -> int:
 
 
 async def expire_abandoned_writes(resources: Resources, limit: int) -> int:
-    """What writes to the storage left behind when their process died (partial files, unfinished
-    multipart uploads); never a write in progress. A storage out of reach waits for the next
-    sweep."""
+    """What writes to the storage left behind (partial files and unfinished multipart uploads
+    whose process died, files of uploads that never got their row); never a write in progress.
+    A storage out of reach waits for the next sweep."""
+    age_s = abandoned_write_age_s(resources.settings)
     try:
-        return await resources.storage.sweep_abandoned_writes(ABANDONED_WRITE_AGE_S)
+        partial = await resources.storage.sweep_abandoned_writes(age_s)
+        return partial + await expire_orphaned_files(resources.pool, resources.storage, age_s)
     except StorageUnavailable as error:
         log.warning("sweep_failed", expiry="abandoned writes", error=str(error))
         return 0

@@ -1,6 +1,7 @@
 """Uploading and reading back: type by content, size cap, nothing half-stored, safe downloads."""
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -247,6 +248,41 @@ async def test_an_upload_abandoned_midway_keeps_nothing(
 
     await eventually(lambda: stored_files(settings) == [])
     assert list((settings.data_dir / "files" / ".partial").iterdir()) == []
+    assert await count_rows(database_url) == (0, 0)
+
+
+async def test_an_upload_still_arriving_when_its_time_is_up_is_408_and_keeps_nothing(
+    settings: Settings, database_url: str
+) -> None:
+    hurried = settings.model_copy(update={"upload_max_duration_s": 1.0})
+    body = multipart_body(
+        [(b"a.png", samples.png(10, 10)), (b"b.jpg", samples.jpeg(64, 64) + bytes(300_000))]
+    )
+    head = (
+        f"POST /uploads HTTP/1.1\r\nHost: errands\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    async with serve_app(hurried) as app:
+        host, port = app.base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            # A byte now and then keeps the connection inside its idle limit, not the upload
+            # inside its time.
+            writer.write(head + body[: len(body) // 2])
+            answer = b""
+            async with asyncio.timeout(10):
+                while not answer.endswith(b"}"):
+                    writer.write(body[len(body) // 2 : len(body) // 2 + 1])
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.2):
+                            answer += await reader.read(65536)
+        finally:
+            writer.transport.abort()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert answer.endswith(b'{"detail":"the upload did not arrive within 1 s"}')
+    assert stored_files(hurried) == []
+    assert list((hurried.data_dir / "files" / ".partial").iterdir()) == []
     assert await count_rows(database_url) == (0, 0)
 
 

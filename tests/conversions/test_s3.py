@@ -16,12 +16,15 @@ import pytest
 import pyvips
 
 from errands.config import Settings
+from errands.conversions.store import expire_orphaned_files
+from errands.conversions.supervisor import abandoned_write_age_s
+from errands.core.resources import open_resources
 from errands.core.storage import S3Storage, open_storage
 from tests.conversions import samples
-from tests.conversions.test_api import count_rows
+from tests.conversions.test_api import MULTIPART, count_rows, multipart_body
 from tests.conversions.test_supervisor import post_upload, wait_until_finished
 from tests.fixtures.app import free_port, serve_app
-from tests.fixtures.s3 import BUCKET, SeaweedS3, s3_environment
+from tests.fixtures.s3 import BUCKET, SECRET_KEY, SeaweedS3, s3_environment
 
 
 async def objects_under(settings: Settings) -> list[str]:
@@ -110,6 +113,39 @@ async def test_an_upload_while_the_bucket_is_unreachable_is_503_and_keeps_nothin
         assert await count_rows(database_url) == (0, 0)
         await asyncio.to_thread(own_s3.start)
         assert await objects_under(on_s3) == []
+
+
+async def test_files_left_when_the_bucket_went_away_mid_upload_are_swept_later(
+    settings: Settings, own_s3: SeaweedS3, database_url: str
+) -> None:
+    on_s3 = settings.model_copy(update={"storage_url": f"s3://{BUCKET}/midway"})
+    body = multipart_body([(b"a.png", samples.png(10, 10)), (b"b.png", samples.png(12, 12))])
+    second_file = body.index(b"b.png")
+
+    async def body_losing_the_bucket() -> AsyncIterator[bytes]:
+        yield body[:second_file]  # the first file whole: stored once the next part begins
+        deadline = time.monotonic() + 30
+        while not await objects_under(on_s3):
+            assert time.monotonic() < deadline, "the first file was not stored"
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(own_s3.stop)
+        yield body[second_file:]
+
+    async with serve_app(on_s3) as app:
+        response = await app.client.post(
+            "/uploads", content=body_losing_the_bucket(), headers=MULTIPART
+        )
+    assert response.status_code == 503
+    assert await count_rows(database_url) == (0, 0)
+    await asyncio.to_thread(own_s3.start)
+    [left] = await objects_under(on_s3)  # the first file, which could not be removed then
+    async with open_resources(on_s3) as resources:
+        age_s = abandoned_write_age_s(on_s3)
+        assert await expire_orphaned_files(resources.pool, resources.storage, age_s) == 0
+        assert await objects_under(on_s3) == [left], "a request may still be streaming"
+        # Once older than any upload may take (its objects' times are the server's own).
+        assert await expire_orphaned_files(resources.pool, resources.storage, 0) == 1
+    assert await objects_under(on_s3) == []
 
 
 async def park_files(database_url: str, *, due: bool) -> None:
@@ -223,14 +259,37 @@ async def test_an_api_and_a_worker_sharing_no_disk_complete_uploads(
     assert local_files(api_dir / "scratch") == local_files(worker_dir / "scratch") == []
 
 
-def test_a_missing_bucket_stops_start_up_with_one_clear_line(
-    s3_settings: Settings, tmp_path: Path
+@pytest.mark.parametrize(
+    ("storage_url", "secret", "line"),
+    [
+        (
+            "s3://no-such-bucket/uploads",
+            SECRET_KEY,
+            "the bucket 'no-such-bucket' does not exist",
+        ),
+        (
+            f"s3://{BUCKET}/uploads",
+            "not-the-secret",
+            f"the storage refused the credentials for bucket '{BUCKET}'"
+            " (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
+        ),
+    ],
+    ids=["missing bucket", "refused credentials"],
+)
+def test_a_bucket_that_cannot_be_used_stops_start_up_with_one_clear_line(
+    s3_settings: Settings,
+    s3_server: SeaweedS3,
+    tmp_path: Path,
+    storage_url: str,
+    secret: str,
+    line: str,
 ) -> None:
     env = {
         **os.environ,
+        **s3_environment(s3_server.endpoint, secret),
         "ERRANDS_DATABASE_URL": str(s3_settings.database_url),
         "ERRANDS_DATA_DIR": str(tmp_path),
-        "ERRANDS_STORAGE_URL": "s3://no-such-bucket/uploads",
+        "ERRANDS_STORAGE_URL": storage_url,
     }
     errands = Path(sys.executable).parent / "errands"
     for command in (["api"], ["worker", "--only", "conversions"]):
@@ -239,6 +298,5 @@ def test_a_missing_bucket_stops_start_up_with_one_clear_line(
         )
         assert done.returncode == 2
         assert done.stderr.decode().strip().splitlines() == [
-            "errands: storage s3://no-such-bucket/uploads:"
-            " the bucket 'no-such-bucket' does not exist"
+            f"errands: storage {storage_url}: {line}"
         ]

@@ -8,10 +8,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from errands.config import Settings
+from errands.conversions import store as conversions
 from errands.core import sweeper
 from errands.core.db import open_pool
 from errands.core.resources import Resources, open_resources
@@ -52,6 +54,11 @@ async def swept(settings: Settings) -> AsyncIterator[Resources]:
     }
     async with open_resources(settings.model_copy(update=retention)) as opened:
         yield opened
+
+
+def age(path: Path, days: float) -> None:
+    then = time.time() - days * 86400
+    os.utime(path, (then, then))
 
 
 async def stats_routes(resources: Resources) -> set[str]:
@@ -158,10 +165,40 @@ async def test_the_sweep_removes_what_a_killed_upload_left_but_not_a_live_one(
     partials = swept.settings.data_dir / "files" / ".partial"
     abandoned = partials / "left-by-a-killed-process"
     abandoned.write_bytes(b"half an upload")
-    an_hour_ago = time.time() - 3600
     for path in partials.iterdir():
-        os.utime(path, (an_hour_ago, an_hour_ago))  # both look old: only the lock tells them apart
+        age(path, days=1)  # both look old: only the lock tells them apart
     removed = await sweeper.sweep_once(swept, EXPIRIES)
     assert removed["abandoned writes"] == 1
     assert not abandoned.exists()
     await live.commit()
+
+
+async def store_file(resources: Resources, key: str, content: bytes) -> Path:
+    writer = await resources.storage.open_write(key)
+    await writer.write(content)
+    await writer.commit()
+    return resources.settings.data_dir / "files" / key
+
+
+async def test_files_no_upload_records_go_once_older_than_any_upload_takes(
+    swept: Resources,
+) -> None:
+    recorded_id, orphan_id, recent_orphan_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    recorded = await store_file(swept, f"uploads/{recorded_id}/f/original.png", b"kept")
+    new_file = conversions.NewFile(
+        uuid.uuid4(), "a.png", "png", 4, f"uploads/{recorded_id}/f/original.png"
+    )
+    await conversions.create_upload(swept.pool, recorded_id, [new_file], None)
+    # What a request left when the storage went away before it could remove them, or its
+    # process died before it wrote its row.
+    orphan = await store_file(swept, f"uploads/{orphan_id}/f/original.png", b"orphaned")
+    recent = await store_file(swept, f"uploads/{recent_orphan_id}/f/original.png", b"arriving")
+    age(recorded, days=1)
+    age(orphan, days=1)
+
+    removed = await sweeper.sweep_once(swept, EXPIRIES)
+
+    assert removed["abandoned writes"] == 1
+    assert not orphan.parent.parent.exists()
+    assert recorded.read_bytes() == b"kept"
+    assert recent.exists(), "a request still streaming (or just done) keeps its files"

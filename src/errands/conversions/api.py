@@ -1,6 +1,7 @@
 """Conversions: `POST /uploads` stores files and queues them, `GET /uploads/{id}...` reports the
 PNGs made of them, and `GET /files/{path}` downloads any stored original or PNG."""
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -26,6 +27,7 @@ from errands.core.errors import (
     ErrandsError,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     Unprocessable,
     UnsupportedMediaType,
 )
@@ -481,6 +483,7 @@ UPLOAD_BODY_DOC = {
     openapi_extra=UPLOAD_BODY_DOC,
     responses={
         400: {"model": Problem, "description": "Not a multipart upload of files"},
+        408: {"model": Problem, "description": "Still arriving when its time ran out"},
         413: {"model": Problem, "description": "Larger than the upload cap"},
         415: {"model": Problem, "description": "A file is not a PDF, PNG or JPEG"},
         422: {"model": Problem, "description": "The callback_url cannot be called"},
@@ -506,16 +509,19 @@ async def create_upload(request: Request, resources: ResourcesDep) -> dict[str, 
     upload_id = uuid.uuid4()
     reader = _UploadReader(upload_id, resources.storage, settings.upload_max_files)
     received = 0
+    # Bounds how long a write may stay open, so the sweep can tell an abandoned one by its age.
+    arrival = asyncio.timeout(settings.upload_max_duration_s)
     try:
-        parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > cap:
-                raise too_large
-            parser.write(chunk)
+        async with arrival:
+            parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > cap:
+                    raise too_large
+                parser.write(chunk)
+                await reader.write_events()
+            parser.finalize()
             await reader.write_events()
-        parser.finalize()
-        await reader.write_events()
         if reader.current is not None or not reader.stored:
             raise ErrandsError("no complete file in the upload: send one or more 'files'")
         if reader.callback_url is not None:
@@ -528,6 +534,13 @@ async def create_upload(request: Request, resources: ResourcesDep) -> dict[str, 
         await reader.discard()
         log.info("upload_abandoned", upload_id=str(upload_id), received_bytes=received)
         return Response(status_code=CLIENT_CLOSED_REQUEST)
+    except TimeoutError:
+        await reader.discard()
+        if not arrival.expired():
+            raise
+        raise RequestTimeout(
+            f"the upload did not arrive within {settings.upload_max_duration_s:g} s"
+        ) from None
     except BaseException:
         await reader.discard()
         raise

@@ -1,6 +1,7 @@
 """The SQL of conversions: uploads, their files (the claimable rows) and the PNGs made of them,
 and their lifecycle (deletion, retention)."""
 
+import contextlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ __all__ = [
     "count_waiting",
     "create_upload",
     "delete_upload",
+    "expire_orphaned_files",
     "expire_uploads",
     "fail_file",
     "files_of_upload",
@@ -557,3 +559,29 @@ async def expire_uploads(pool: Pool, storage: Storage, retention: timedelta) -> 
             removed += await delete_upload(pool, storage, upload_id)
         if len(expired) < EXPIRE_BATCH:
             return removed
+
+
+KNOWN_UPLOADS = "SELECT id FROM uploads WHERE id = ANY(%(ids)s)"
+
+
+async def expire_orphaned_files(pool: Pool, storage: Storage, untouched_for_s: float) -> int:
+    """Remove the stored files of uploads no row records, once untouched for `untouched_for_s`
+    (longer than any upload request may last, so a request still streaming keeps its files):
+    an upload refused while the storage was out of reach, one whose process died mid-request,
+    one deleted while the storage could not be reached. How many uploads' files went."""
+    ids = []
+    for name in await storage.folders("uploads"):
+        with contextlib.suppress(ValueError):  # not an upload's folder: not ours to judge
+            ids.append(uuid.UUID(name))
+    removed = 0
+    for start in range(0, len(ids), EXPIRE_BATCH):
+        batch = ids[start : start + EXPIRE_BATCH]
+        async with pool.connection() as conn:
+            cursor = await conn.execute(KNOWN_UPLOADS, {"ids": batch})
+            known = {row["id"] for row in await cursor.fetchall()}
+        for upload_id in batch:
+            if upload_id not in known:
+                removed += bool(
+                    await storage.delete_folder(f"uploads/{upload_id}", untouched_for_s)
+                )
+    return removed

@@ -33,6 +33,7 @@ from errands.core.storage import StorageUnavailable, StoredFileMissing
 
 __all__ = [
     "MAX_ATTEMPTS",
+    "abandoned_write_age_s",
     "child_command",
     "child_environment",
     "child_job",
@@ -47,8 +48,8 @@ log = structlog.get_logger(__name__)
 # file's); a second crash fails the file.
 MAX_ATTEMPTS = 2
 QUEUE_DEPTH_INTERVAL_S = 5.0
-# Writes in progress are locked and never swept; the age only covers a file's first instant.
-ABANDONED_WRITE_AGE_S = 60.0
+# Time for the row an upload writes once its files are stored.
+ABANDONED_WRITE_MARGIN_S = 600.0
 POLL_INTERVAL_S = 1.0
 STDERR_TAIL_CHARS = 500
 MAX_CHILD_THREADS = 8
@@ -92,7 +93,6 @@ async def convert_uploaded_files(resources: Resources, stop: asyncio.Event) -> N
     work_dir = settings.data_dir / "work"
     work_dir.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(_remove_abandoned_work, work_dir, 2 * settings.conversion_timeout_s)
-    await resources.storage.sweep_abandoned_writes(ABANDONED_WRITE_AGE_S)
 
     async def convert_claimed(row: claims.Row) -> None:
         await convert_one_file(resources, owner, work_dir, row)
@@ -185,6 +185,13 @@ async def convert_one_file(
     outcome_name = "done" if isinstance(outcome, Converted) else "failed"
     metrics.CONVERSION_DURATION.labels(outcome=outcome_name).observe(elapsed)
     log.info("file_converted", file_id=str(file_id), outcome=outcome_name, seconds=elapsed)
+
+
+def abandoned_write_age_s(settings: Settings) -> float:
+    """How old a write must be to count as abandoned: older than any upload may take to arrive
+    (`408` past it) or any file to convert, with a margin for the row written after."""
+    longest = max(settings.upload_max_duration_s, settings.conversion_timeout_s)
+    return longest + ABANDONED_WRITE_MARGIN_S
 
 
 def upload_output_quota(settings: Settings) -> OutputQuota:

@@ -2,6 +2,7 @@
 
 ErrandsError (400)
  ├── NotFound (404)
+ ├── RequestTimeout (408)
  ├── Conflict (409)
  ├── PayloadTooLarge (413)
  ├── UnsupportedMediaType (415)
@@ -18,6 +19,7 @@ __all__ = [
     "ErrorDetail",
     "NotFound",
     "PayloadTooLarge",
+    "RequestTimeout",
     "Unprocessable",
     "UnsupportedMediaType",
 ]
@@ -33,6 +35,10 @@ class ErrandsError(Exception):
 
 class NotFound(ErrandsError):
     status_code = 404
+
+
+class RequestTimeout(ErrandsError):
+    status_code = 408
 
 
 class Conflict(ErrandsError):

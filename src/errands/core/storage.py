@@ -32,8 +32,9 @@ from errands.core.errors import ErrandsError
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import ObjectIdentifierTypeDef
 else:
-    S3Client = Any
+    S3Client = ObjectIdentifierTypeDef = Any
 
 __all__ = [
     "InvalidKey",
@@ -119,6 +120,15 @@ class Storage(Protocol):
     async def sweep_abandoned_writes(self, older_than_s: float) -> int:
         """Remove what writes left behind when their process died, if older than
         `older_than_s`; never a write still in progress. Returns how many were removed."""
+        ...
+
+    async def folders(self, prefix: str) -> list[str]:
+        """The names of the folders directly under `prefix` (`uploads` -> each upload's id)."""
+        ...
+
+    async def delete_folder(self, prefix: str, untouched_for_s: float) -> int:
+        """Remove every file under `prefix`, unless one was written in the last
+        `untouched_for_s`; how many were removed."""
         ...
 
     async def download_url(self, key: str) -> str | None:
@@ -244,6 +254,27 @@ class LocalStorage:
                 removed += 1
         return removed
 
+    async def folders(self, prefix: str) -> list[str]:
+        folder = self.path(prefix)
+        return await asyncio.to_thread(
+            lambda: (
+                [entry.name for entry in folder.iterdir() if entry.is_dir()]
+                if folder.is_dir()
+                else []
+            )
+        )
+
+    async def delete_folder(self, prefix: str, untouched_for_s: float) -> int:
+        return await asyncio.to_thread(self._delete_folder, self.path(prefix), untouched_for_s)
+
+    def _delete_folder(self, folder: Path, untouched_for_s: float) -> int:
+        files = [path for path in folder.rglob("*") if path.is_file()]
+        cutoff = time.time() - untouched_for_s
+        if any(path.stat().st_mtime >= cutoff for path in files):
+            return 0
+        shutil.rmtree(folder, ignore_errors=True)
+        return len(files)
+
     async def delete(self, key: str) -> None:
         path = self.path(key)
         path.unlink(missing_ok=True)
@@ -268,6 +299,7 @@ PART_BYTES = 8 * 1024 * 1024
 S3_CONNECT_TIMEOUT_S = 5.0
 S3_READ_TIMEOUT_S = 60.0
 S3_ATTEMPTS = 3
+S3_DELETE_BATCH = 1000  # the most one DeleteObjects request takes
 DEFAULT_REGION = "us-east-1"
 
 
@@ -434,6 +466,39 @@ class S3Storage:
                     )
                     aborted += 1
         return aborted
+
+    async def folders(self, prefix: str) -> list[str]:
+        under = self.object_key(prefix) + "/"
+        names = []
+        with _s3_errors(f"list {under}"):
+            paginator = self.client.get_paginator("list_objects_v2")
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=under, Delimiter="/"):
+                names += [
+                    entry["Prefix"][len(under) : -1] for entry in page.get("CommonPrefixes", [])
+                ]
+        return names
+
+    async def delete_folder(self, prefix: str, untouched_for_s: float) -> int:
+        under = self.object_key(prefix) + "/"
+        cutoff = time.time() - untouched_for_s
+        with _s3_errors(f"list {under}"):
+            paginator = self.client.get_paginator("list_objects_v2")
+            objects = [
+                item
+                async for page in paginator.paginate(Bucket=self.bucket, Prefix=under)
+                for item in page.get("Contents", [])
+            ]
+        if any(item["LastModified"].timestamp() >= cutoff for item in objects):
+            return 0
+        for start in range(0, len(objects), S3_DELETE_BATCH):
+            batch: list[ObjectIdentifierTypeDef] = [
+                {"Key": item["Key"]} for item in objects[start : start + S3_DELETE_BATCH]
+            ]
+            with _s3_errors(f"delete under {under}"):
+                await self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+        return len(objects)
 
     async def download_url(self, key: str) -> str | None:
         if self.presign_ttl_s is None:
