@@ -142,3 +142,18 @@ async def test_the_command_exits_2_with_the_reason(settings: Settings, tmp_path:
     assert result.returncode == 2
     assert "cannot read" in result.stderr
     assert result.stdout == ""
+
+
+async def test_a_site_naming_no_such_channel_changes_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "sites.yaml"
+    missing = "00000000-0000-4000-8000-000000000000"
+    path.write_text(
+        "- {url: 'https://a.test/', interval_s: 60}\n"
+        f"- {{url: 'https://b.test/', interval_s: 60, channels: ['{missing}']}}\n"
+    )
+    result = await sync(settings, path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"errands: site 2: no channel {missing}"
+    assert await monitors(settings) == {}, "the first site was not written either"

@@ -320,37 +320,33 @@ def _unchanged(current: Row, fields: MonitorFields) -> bool:
     ) == tuple(sorted(set(fields.channels)))
 
 
-async def sync_monitor(pool: Pool, fields: MonitorFields, *, dry_run: bool = False) -> str:
-    """Insert or update the monitor of `fields.url`: "created", "updated" or "unchanged".
-    A dry run says which, and rolls the change back."""
-    async with pool.connection() as conn, conn.transaction(force_rollback=dry_run):
-        cursor = await conn.execute(SELECT_MONITOR_BY_URL, {"url": fields.url})
-        current = await cursor.fetchone()
-        if current is None:
-            monitor_id = uuid.uuid4()
-            await conn.execute(INSERT_MONITOR, {"id": monitor_id, **fields.columns()})
-            outcome = "created"
-        elif _unchanged(current, fields):
-            return "unchanged"
-        else:
-            monitor_id = current["id"]
-            await conn.execute(UPDATE_MONITOR, {"id": monitor_id, **fields.columns()})
-            outcome = "updated"
-        await _set_channels(conn, monitor_id, fields.channels)
-        await claims.notify(conn, CHANNEL)
+async def sync_monitor(conn: Connection, fields: MonitorFields) -> str:
+    """Insert or update the monitor of `fields.url` in the caller's transaction: "created",
+    "updated" or "unchanged". Raises UnknownChannels for a channel that does not exist."""
+    cursor = await conn.execute(SELECT_MONITOR_BY_URL, {"url": fields.url})
+    current = await cursor.fetchone()
+    if current is None:
+        monitor_id = uuid.uuid4()
+        await conn.execute(INSERT_MONITOR, {"id": monitor_id, **fields.columns()})
+        outcome = "created"
+    elif _unchanged(current, fields):
+        return "unchanged"
+    else:
+        monitor_id = current["id"]
+        await conn.execute(UPDATE_MONITOR, {"id": monitor_id, **fields.columns()})
+        outcome = "updated"
+    await _set_channels(conn, monitor_id, fields.channels)
+    await claims.notify(conn, CHANNEL)
     return outcome
 
 
-async def delete_monitors_not_listed(
-    pool: Pool, urls: list[str], *, dry_run: bool = False
-) -> list[str]:
-    """Delete every monitor whose URL is not in `urls`; return their URLs. A dry run rolls the
-    deletion back."""
-    async with pool.connection() as conn, conn.transaction(force_rollback=dry_run):
-        cursor = await conn.execute(DELETE_MONITORS_NOT_LISTED, {"urls": urls})
-        deleted = sorted(row["url"] for row in await cursor.fetchall())
-        if deleted:
-            await claims.notify(conn, CHANNEL)
+async def delete_monitors_not_listed(conn: Connection, urls: list[str]) -> list[str]:
+    """Delete, in the caller's transaction, every monitor whose URL is not in `urls`; return
+    their URLs."""
+    cursor = await conn.execute(DELETE_MONITORS_NOT_LISTED, {"urls": urls})
+    deleted = sorted(row["url"] for row in await cursor.fetchall())
+    if deleted:
+        await claims.notify(conn, CHANNEL)
     return deleted
 
 

@@ -60,7 +60,8 @@ async def sync_sites(
     """Create or update each site's monitor; return (outcome, url) per site, in file order, then
     ("deleted", url) for each monitor pruned.
 
-    Every site is validated before anything is written, so a bad file changes nothing."""
+    Every site is validated before anything is written, and all are written in one
+    transaction, so a bad file changes nothing."""
     default_timeout = resources.settings.monitor_default_timeout_s
     try:
         all_fields = [
@@ -68,12 +69,16 @@ async def sync_sites(
         ]
     except Unprocessable as error:
         raise SitesFileError(error.detail) from None
-    outcomes = [
-        (await store.sync_monitor(resources.pool, fields, dry_run=dry_run), masked_url(fields.url))
-        for fields in all_fields
-    ]
-    if prune:
-        urls = [fields.url for fields in all_fields]
-        deleted = await store.delete_monitors_not_listed(resources.pool, urls, dry_run=dry_run)
-        outcomes += [("deleted", masked_url(url)) for url in deleted]
+    outcomes = []
+    async with resources.pool.connection() as conn, conn.transaction(force_rollback=dry_run):
+        for number, fields in enumerate(all_fields, start=1):
+            try:
+                outcome = await store.sync_monitor(conn, fields)
+            except store.UnknownChannels as error:
+                raise SitesFileError(f"site {number}: {error.detail}") from None
+            outcomes.append((outcome, masked_url(fields.url)))
+        if prune:
+            urls = [fields.url for fields in all_fields]
+            deleted = await store.delete_monitors_not_listed(conn, urls)
+            outcomes += [("deleted", masked_url(url)) for url in deleted]
     return outcomes
