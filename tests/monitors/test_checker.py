@@ -155,7 +155,7 @@ async def insert_monitors(pool: Pool, urls: list[str], interval_s: int) -> list[
 async def drain(bus: MemoryBus, expected: int, within_s: float) -> list[Any]:
     stop = asyncio.Event()
     received = []
-    batches = bus.consume(stop, max_messages=1000, linger_s=0.05)
+    batches = bus.consume(stop, max_messages=1000)
 
     async def collect() -> None:
         async for batch in batches:

@@ -51,7 +51,7 @@ async def test_the_kafka_bus_carries_batches_and_resumes_after_commit(
             await bus.publish(f"k{n % 3}".encode(), f"v{n}".encode())
         stop = asyncio.Event()
         seen: list[bytes] = []
-        async with aclosing(bus.consume(stop, max_messages=10, linger_s=0.1)) as batches:
+        async with aclosing(bus.consume(stop, max_messages=10)) as batches:
             async for batch in batches:
                 assert len(batch.messages) <= 10
                 seen.extend(message.value for message in batch.messages)
@@ -62,7 +62,7 @@ async def test_the_kafka_bus_carries_batches_and_resumes_after_commit(
         for n in range(30, 35):
             await bus.publish(b"k0", f"v{n}".encode())
         rest: list[bytes] = []
-        async with aclosing(bus.consume(stop, max_messages=100, linger_s=0.1)) as batches:
+        async with aclosing(bus.consume(stop, max_messages=100)) as batches:
             async for batch in batches:
                 rest.extend(message.value for message in batch.messages)
                 await batch.commit()
@@ -104,7 +104,7 @@ async def test_a_sink_started_before_kafka_is_reachable_waits_for_it(
 
     with capture_logs() as logs:
         async with open_bus(late) as bus:
-            batches = aclosing(bus.consume(stop, max_messages=10, linger_s=0.1))
+            batches = aclosing(bus.consume(stop, max_messages=10))
             async with batches as consumed:
                 first = asyncio.ensure_future(anext(consumed))
 
@@ -130,7 +130,7 @@ async def test_a_sink_that_cannot_reach_kafka_stops_when_told(
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(0.5, stop.set)
     async with open_bus(unreachable) as bus:
-        batches = [batch async for batch in bus.consume(stop, max_messages=10, linger_s=0.1)]
+        batches = [batch async for batch in bus.consume(stop, max_messages=10)]
     assert batches == []
 
 
@@ -190,7 +190,6 @@ def sink_process(settings: Settings, batch_size: int, log: Path) -> subprocess.P
         "ERRANDS_KAFKA_ENABLE_IDEMPOTENCE": "false",
         "ERRANDS_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),
         "ERRANDS_SINK_BATCH_SIZE": str(batch_size),
-        "ERRANDS_SINK_LINGER_S": "0.05",
         "ERRANDS_LOG_LEVEL": "warning",
     }
     with log.open("ab") as stderr:  # the child keeps its own copy of the descriptor
@@ -387,7 +386,7 @@ async def test_an_idle_consumer_still_reports_its_lag(
     stop = asyncio.Event()
     async with open_bus(kafka_settings) as bus:
         await bus.publish(b"k", b"only")
-        async with aclosing(bus.consume(stop, max_messages=10, linger_s=0.05)) as batches:
+        async with aclosing(bus.consume(stop, max_messages=10)) as batches:
             first = await asyncio.wait_for(anext(batches), 30)
             assert [m.value for m in first.messages] == [b"only"]
             await first.commit()

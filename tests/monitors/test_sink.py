@@ -281,7 +281,7 @@ class OneBatchBus:
         raise NotImplementedError
 
     async def consume(
-        self, stop: asyncio.Event, *, max_messages: int, linger_s: float
+        self, stop: asyncio.Event, *, max_messages: int
     ) -> AsyncGenerator[Batch, None]:
         async def commit() -> None:
             self.events.append("commit")

@@ -86,9 +86,7 @@ async def run_sink(resources: Resources, stop: asyncio.Event) -> None:
     settings = resources.settings
     known_days: set[date] = set()
     next_housekeeping = time.monotonic() + await _housekeeping(resources, known_days)
-    batches = resources.bus.consume(
-        stop, max_messages=settings.sink_batch_size, linger_s=settings.sink_linger_s
-    )
+    batches = resources.bus.consume(stop, max_messages=settings.sink_batch_size)
     async with aclosing(batches):
         async for batch in batches:
             if batch.messages:
