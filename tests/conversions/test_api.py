@@ -224,9 +224,8 @@ async def test_an_upload_of_too_many_files_is_refused_and_nothing_is_kept(
     assert await count_rows(database_url) == (0, 0)
 
 
-async def test_an_upload_abandoned_midway_keeps_nothing(
-    app: RunningApp, settings: Settings, database_url: str
-) -> None:
+def raw_two_file_upload() -> tuple[bytes, bytes]:
+    """The request head and body of a small PNG then a 300 KB JPEG, to send byte by byte."""
     body = multipart_body(
         [(b"a.png", samples.png(10, 10)), (b"b.jpg", samples.jpeg(64, 64) + bytes(300_000))]
     )
@@ -235,6 +234,13 @@ async def test_an_upload_abandoned_midway_keeps_nothing(
         f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
+    return head, body
+
+
+async def test_an_upload_abandoned_midway_keeps_nothing(
+    app: RunningApp, settings: Settings, database_url: str
+) -> None:
+    head, body = raw_two_file_upload()
     host, port = app.base_url.removeprefix("http://").split(":")
     _, writer = await asyncio.open_connection(host, int(port))
     try:
@@ -255,14 +261,7 @@ async def test_an_upload_still_arriving_when_its_time_is_up_is_408_and_keeps_not
     settings: Settings, database_url: str
 ) -> None:
     hurried = settings.model_copy(update={"upload_max_duration_s": 1.0})
-    body = multipart_body(
-        [(b"a.png", samples.png(10, 10)), (b"b.jpg", samples.jpeg(64, 64) + bytes(300_000))]
-    )
-    head = (
-        f"POST /uploads HTTP/1.1\r\nHost: errands\r\n"
-        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    head, body = raw_two_file_upload()
     async with serve_app(hurried) as app:
         host, port = app.base_url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
