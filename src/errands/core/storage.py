@@ -268,9 +268,12 @@ class LocalStorage:
         return await asyncio.to_thread(self._delete_folder, self.path(prefix), untouched_for_s)
 
     def _delete_folder(self, folder: Path, untouched_for_s: float) -> int:
-        files = [path for path in folder.rglob("*") if path.is_file()]
         cutoff = time.time() - untouched_for_s
-        if any(path.stat().st_mtime >= cutoff for path in files):
+        try:
+            files = [path for path in folder.rglob("*") if path.is_file()]
+            if any(path.stat().st_mtime >= cutoff for path in files):
+                return 0
+        except FileNotFoundError:  # something in it was removed meanwhile: not abandoned
             return 0
         shutil.rmtree(folder, ignore_errors=True)
         return len(files)
