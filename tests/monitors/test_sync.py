@@ -12,7 +12,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from errands.config import Settings
-from errands.core.resources import Resources
+from errands.core.resources import Resources, open_resources
 from errands.monitors.sync import SitesFileError, read_sites, sync_sites
 
 YAML_SITES = """
@@ -157,3 +157,17 @@ async def test_a_site_naming_no_such_channel_changes_nothing(
     assert result.returncode == 2
     assert result.stderr.strip() == f"errands: site 2: no channel {missing}"
     assert await monitors(settings) == {}, "the first site was not written either"
+
+
+async def test_a_file_longer_to_write_than_the_pool_deadline_is_synced_whole(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "sites.yaml"
+    path.write_text(
+        "".join(f"- {{url: 'https://s{n}.test/', interval_s: 60}}\n" for n in range(400))
+    )
+    hurried = settings.model_copy(update={"db_statement_timeout_s": 0.2})
+    async with open_resources(hurried) as resources:
+        outcomes = await sync_sites(resources, read_sites(path))
+    assert [outcome for outcome, _ in outcomes] == ["created"] * 400
+    assert len(await monitors(settings)) == 400

@@ -9,7 +9,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import yaml
+from psycopg.rows import dict_row
 from pydantic import ValidationError
 
 from errands.core.errors import Unprocessable
@@ -70,7 +72,12 @@ async def sync_sites(
     except Unprocessable as error:
         raise SitesFileError(error.detail) from None
     outcomes = []
-    async with resources.pool.connection() as conn, conn.transaction(force_rollback=dry_run):
+    # A connection of its own: the pool's bound a single use by the statement deadline, which a
+    # file of thousands of sites in one transaction may outlast.
+    connecting = psycopg.AsyncConnection.connect(
+        resources.database_url, autocommit=True, row_factory=dict_row
+    )
+    async with await connecting as conn, conn.transaction(force_rollback=dry_run):
         for number, fields in enumerate(all_fields, start=1):
             try:
                 outcome = await store.sync_monitor(conn, fields)
