@@ -7,14 +7,13 @@ import asyncio
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import httpx
 import psycopg
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from errands.core.auth import hash_key
 
@@ -23,6 +22,7 @@ LB_METRICS = "http://127.0.0.1:18405/metrics"
 PROMETHEUS = "http://127.0.0.1:18490"
 DATABASE = "postgresql://errands:errands@127.0.0.1:18432/errands"
 KAFKA = "127.0.0.1:18492"
+TOPIC = "errands.checks"
 SITE = "http://127.0.0.1:18480/"
 SCRAPED = {"127.0.0.1:18401", "127.0.0.1:18402", "127.0.0.1:18411", "127.0.0.1:18412"}
 
@@ -94,18 +94,24 @@ def test_a_monitors_checks_pass_through_kafka_into_postgresql_and_back(
 
 
 async def checks_on_the_topic(monitor_id: str) -> set[str]:
-    """The check ids the broker holds for one monitor, read with a group of our own."""
-    consumer = AIOKafkaConsumer(
-        "errands.checks",
-        bootstrap_servers=KAFKA,
-        group_id=f"stack-test-{uuid.uuid4()}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    """The check ids the broker holds for one monitor, read from the start of every partition
+    to where each ended when asked (checks keep arriving, so no quiet spell marks the end)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False)
     found: set[str] = set()
     await consumer.start()
     try:
-        while batches := await consumer.getmany(timeout_ms=3000):
+        await consumer.topics()  # the topic's partitions, fresh from the broker
+        partitions = [
+            TopicPartition(TOPIC, partition)
+            for partition in consumer.partitions_for_topic(TOPIC) or ()
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        deadline = time.monotonic() + 60
+        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
+            assert time.monotonic() < deadline, "the topic was not read to its end in 60 s"
+            batches = await consumer.getmany(*partitions, timeout_ms=1000)
             found |= {
                 str(json.loads(message.value)["check_id"])
                 for messages in batches.values()
