@@ -107,6 +107,19 @@ async def test_a_sweep_aborts_multipart_uploads_left_unfinished(s3: S3Storage) -
     assert await unfinished_uploads(s3) == []
 
 
+async def test_a_sweep_leaves_a_sibling_prefix_alone(s3: S3Storage, s3_settings: Settings) -> None:
+    sibling_settings = s3_settings.model_copy(
+        update={"storage_url": f"{s3_settings.storage_url}-other"}
+    )
+    async with open_storage(sibling_settings) as sibling:
+        assert isinstance(sibling, S3Storage)
+        theirs = await sibling.open_write("uploads/u1/big.pdf")
+        await theirs.write(bytes(PART_BYTES))
+        assert await s3.sweep_abandoned_writes(older_than_s=0) == 0
+        assert await unfinished_uploads(sibling) == [f"{sibling.prefix}/uploads/u1/big.pdf"]
+        await theirs.discard()
+
+
 async def test_a_presigned_link_downloads_the_object(s3_settings: Settings) -> None:
     presigning = s3_settings.model_copy(update={"storage_presign": True})
     async with open_storage(presigning) as storage:

@@ -454,12 +454,13 @@ class S3Storage:
 
     async def sweep_abandoned_writes(self, older_than_s: float) -> int:
         """Abort multipart uploads under the prefix begun longer ago than `older_than_s` (a live
-        write completes its upload within its request, far sooner than any sane cut-off)."""
+        write is older than an upload may take to arrive)."""
         cutoff = time.time() - older_than_s
         aborted = 0
         with _s3_errors("list unfinished writes"):
             paginator = self.client.get_paginator("list_multipart_uploads")
-            pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix)
+            under = f"{self.prefix}/" if self.prefix else ""  # not a sibling prefix's writes
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=under)
             async for page in pages:
                 for upload in page.get("Uploads", []):
                     if upload["Initiated"].timestamp() >= cutoff:
