@@ -2,6 +2,7 @@
 that the hourly rollups keep."""
 
 import bisect
+import functools
 import json
 import re
 import uuid
@@ -101,8 +102,14 @@ def parse_expected_status(text: str) -> list[tuple[int, int]]:
     return ranges
 
 
+@functools.lru_cache(maxsize=1024)
+def _expected_ranges(expected: str) -> tuple[tuple[int, int], ...]:
+    """A monitor's setting parsed once, not on each of its checks."""
+    return tuple(parse_expected_status(expected))
+
+
 def status_expected(status_code: int, expected: str) -> bool:
-    return any(low <= status_code <= high for low, high in parse_expected_status(expected))
+    return any(low <= status_code <= high for low, high in _expected_ranges(expected))
 
 
 class InvalidCheckMessage(ValueError):
