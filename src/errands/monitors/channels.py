@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from errands.core.auth import ApiKey
+from errands.core.delivery import apprise_transport
 from errands.core.errors import ErrandsError, NotFound, Unprocessable
 from errands.core.http import BlockedTarget, masked_url
 from errands.core.resources import Resources, get_resources
@@ -140,7 +141,7 @@ async def create_channel(body: ChannelIn, request: Request, resources: Resources
         return _channel(row)
     assert body.apprise is not None
     _admin_key(request, resources)
-    if not apprise.Apprise.instantiate(body.apprise):
+    if not apprise_transport.understood(body.apprise):
         raise Unprocessable(
             f"invalid apprise: {body.apprise.split('://', 1)[0]!r} URL not understood"
         )
