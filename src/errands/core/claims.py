@@ -132,8 +132,6 @@ class Lease:
     row_id: uuid.UUID
     owner: str
     length_s: float
-    # time.monotonic() just before the claim was sent.
-    claimed_at: float
     # time.monotonic() at which the database's lease may end: the claim or renewal was sent
     # at or after `expires_at - length_s`, and the database added the length to its own now().
     expires_at: float
@@ -335,9 +333,7 @@ async def run_claim_loop(
             # counted from the later one never ends early.
             answered_at = time.monotonic()
             for row in rows:
-                lease = Lease(
-                    row["id"], owner, queue.lease_s, claimed_at, claimed_at + queue.lease_s
-                )
+                lease = Lease(row["id"], owner, queue.lease_s, claimed_at + queue.lease_s)
                 task = asyncio.create_task(
                     run_one(row, lease, answered_at), name=f"{queue.table}:{row['id']}"
                 )
