@@ -99,7 +99,6 @@ class PageReader:
         self._header_encoding = encoding.encoding_from_content_type(content_type)
         self._head = bytearray()  # bytes held until the encoding is known
         self._decode: Decoder | None = None
-        self.encoding: str | None = None
         self.document = document
 
     def feed(self, chunk: bytes) -> bool:
@@ -165,7 +164,6 @@ class PageReader:
         return self._start(found)
 
     def _start(self, name: str) -> bool:
-        self.encoding = name
         self._decode = encoding.make_decoder(name, fatal=self.kind == "xml")
         return True
 
