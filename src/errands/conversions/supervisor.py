@@ -145,14 +145,15 @@ async def convert_one_file(
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(dir=work_dir) as out_dir:
-            quota = await store.output_quota_left(
-                pool, row["upload_id"], file_id, upload_output_quota(settings)
-            )
+            upload_quota = upload_output_quota(settings)
+            quota = await store.output_quota_left(pool, row["upload_id"], file_id, upload_quota)
             try:
                 async with storage.local_copy(row["original_key"]) as source:
                     outcome = await run_child(settings, source, row["kind"], Path(out_dir), quota)
                 if isinstance(outcome, Converted):
-                    outcome = await _record_pages(resources, owner, row, Path(out_dir), outcome)
+                    outcome = await _record_pages(
+                        resources, owner, row, Path(out_dir), outcome, upload_quota
+                    )
             except StoredFileMissing:
                 outcome = Refused("the original file is missing from storage", 0)
             except StorageUnavailable as error:
@@ -204,7 +205,12 @@ def upload_output_quota(settings: Settings) -> OutputQuota:
 
 
 async def _record_pages(
-    resources: Resources, owner: str, row: claims.Row, out_dir: Path, converted: Converted
+    resources: Resources,
+    owner: str,
+    row: claims.Row,
+    out_dir: Path,
+    converted: Converted,
+    upload_quota: OutputQuota,
 ) -> Outcome:
     """Store the PNGs and previews the child made and record them; what was stored is removed
     again when the record cannot be made (over the upload's quota, or the file taken away)."""
@@ -230,8 +236,7 @@ async def _record_pages(
                 stored.append(key)
                 await storage.put_file(key, out_dir / str(filename))
             images.append(image)
-        quota = upload_output_quota(resources.settings)
-        if await store.finish_file(pool, row["id"], owner, row["upload_id"], images, quota):
+        if await store.finish_file(pool, row["id"], owner, row["upload_id"], images, upload_quota):
             return converted
         outcome: Outcome = converted  # another worker or a deletion took it: record nothing
     except store.OutputQuotaExceeded as exceeded:
