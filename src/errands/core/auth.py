@@ -258,13 +258,11 @@ class ApiKeyMiddleware:
         if cached is not None and cached[0] > now:
             return cached[1]
         async with pool.connection() as conn:
-            cursor = await conn.execute(FIND_KEY, {"key_hash": key_hash})
-            row = await cursor.fetchone()
-        if row is None:
+            key = await find_key(conn, secret)
+        if key is None:
             return None
         if len(self._cache) >= MAX_CACHED_KEYS:
             self._cache.clear()
-        key = ApiKey(**row)
         self._cache[key_hash] = (now + self.cache_s, key)
         return key
 
