@@ -114,11 +114,8 @@ class EmbeddedPostgres:
             users.write_text(json.dumps([pid for pid in counted if _is_alive(pid)]))
 
     def _remove_stale_pid_file(self) -> None:
-        pid_file = self.pgdata / "postmaster.pid"
-        if pid_file.exists():
-            first_line = pid_file.read_text().split("\n", 1)[0].strip()
-            if not (first_line.isdigit() and _is_postgres(int(first_line))):
-                pid_file.unlink()
+        if not self.is_up():
+            (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
 
     def is_up(self) -> bool:
         """Whether the server's postmaster is running now."""
