@@ -754,7 +754,7 @@ async def timer_detail(
     while it is pending, a retry button once it failed."""
     require_scope(viewer, "timers")
     timer = await _timer(resources, timer_id)
-    attempts = await timers_api.get_timer_attempts(timer_id, resources)
+    attempts = await timers_store.get_attempts(resources.pool, timer_id)
     page = TimerDetailPage(
         title=f"Timer {timer.id} ({timer.status})",
         timer=timer,
