@@ -154,7 +154,7 @@ def _check_storage(settings: Settings) -> None:
         asyncio.run(probe())
     except StorageUnavailable as error:
         typer.echo(f"errands: storage {settings.storage_url}: {error.detail}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_USAGE) from None
 
 
 def http_server(settings: Settings, loops: Sequence[str]) -> DrainingServer:
