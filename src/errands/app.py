@@ -21,7 +21,13 @@ from pydantic import BaseModel, ConfigDict
 from errands.config import Settings
 from errands.console.access import mount_console
 from errands.conversions.api import router as conversions_router
-from errands.core.auth import DOCS_ASSETS_PATH, PUBLIC_PATHS, ApiKeyMiddleware
+from errands.core.auth import (
+    DOCS_ASSETS_PATH,
+    KEY_OPTIONAL_PATH,
+    PUBLIC_PATHS,
+    ApiKeyMiddleware,
+    is_open_path,
+)
 from errands.core.errors import ErrandsError, ErrorDetail
 from errands.core.limits import BodyLimitMiddleware
 from errands.core.logging import log_request
@@ -254,7 +260,11 @@ def _openapi_with_common_errors(app: FastAPI, *, keys: bool) -> Callable[[], dic
             schema["components"]["securitySchemes"] = {API_KEY_SCHEME: API_KEY_SECURITY}
         for path, operations in schema["paths"].items():
             for operation in operations.values():
-                _document_common_answers(operation, public=path in PUBLIC_PATHS, keys=keys)
+                _document_common_answers(
+                    operation,
+                    public=path in PUBLIC_PATHS,
+                    security=_security(path) if keys else None,
+                )
         _drop_unused_schemas(schema)
         app.openapi_schema = schema
         return schema
@@ -294,7 +304,19 @@ COMMON_ANSWERS = {
 }
 
 
-def _document_common_answers(operation: dict[str, Any], *, public: bool, keys: bool) -> None:
+def _security(path: str) -> list[dict[str, list[str]]] | None:
+    """What the key middleware asks of `path`: nothing on open paths, a key or none on badges
+    (none for a public monitor), a key everywhere else."""
+    if is_open_path(path):
+        return None
+    if KEY_OPTIONAL_PATH.match(path):
+        return [{API_KEY_SCHEME: []}, {}]
+    return [{API_KEY_SCHEME: []}]
+
+
+def _document_common_answers(
+    operation: dict[str, Any], *, public: bool, security: list[dict[str, list[str]]] | None
+) -> None:
     parameters = operation.get("parameters", [])
     common = []
     if any(parameter["in"] == "path" for parameter in parameters):
@@ -305,9 +327,9 @@ def _document_common_answers(operation: dict[str, Any], *, public: bool, keys: b
         common.append("422")
     if not public:
         common.append("503")
-    if keys and not public:
+    if security is not None:
         common += ["401", "403"]
-        operation["security"] = [{API_KEY_SCHEME: []}]
+        operation["security"] = security
     responses = operation.setdefault("responses", {})
     for status in common:
         responses.setdefault(status, {"description": COMMON_ANSWERS[status][0]})
