@@ -28,15 +28,16 @@ log = structlog.get_logger(__name__)
 
 
 async def expire_finished_uploads(resources: Resources, limit: int) -> int:
-    """Uploads expire in their own batches, with their stored files."""
+    """Finished uploads past their retention, with their stored files."""
     retention = timedelta(days=resources.settings.upload_retention_days)
-    return await expire_uploads(resources.pool, resources.storage, retention)
+    return await expire_uploads(resources.pool, resources.storage, retention, limit)
 
 
 async def expire_abandoned_writes(resources: Resources, limit: int) -> int:
     """What writes to the storage left behind (partial files and unfinished multipart uploads
     whose process died, files of uploads that never got their row); never a write in progress.
-    A storage out of reach waits for the next sweep."""
+    One pass over the storage, whatever `limit`. A storage out of reach waits for the next
+    sweep."""
     age_s = abandoned_write_age_s(resources.settings)
     try:
         partial = await resources.storage.sweep_abandoned_writes(age_s)

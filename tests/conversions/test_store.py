@@ -62,7 +62,7 @@ async def test_retention_deletes_finished_uploads_past_it_with_their_files(
             [[uploads["old finished"], uploads["new finished"]]],
         )
 
-    assert await store.expire_uploads(pool, storage, timedelta(days=30)) == 1
+    assert await store.expire_uploads(pool, storage, timedelta(days=30), limit=10) == 1
     assert await store.files_of_upload(pool, uploads["old finished"]) is None
     with pytest.raises(StoredFileMissing):
         async with storage.local_copy(f"uploads/{uploads['old finished']}/f/original.png"):
@@ -71,4 +71,4 @@ async def test_retention_deletes_finished_uploads_past_it_with_their_files(
         assert await store.files_of_upload(pool, uploads[kept]) is not None
         async with storage.local_copy(f"uploads/{uploads[kept]}/f/original.png"):
             pass
-    assert await store.expire_uploads(pool, storage, timedelta(days=30)) == 0
+    assert await store.expire_uploads(pool, storage, timedelta(days=30), limit=10) == 0

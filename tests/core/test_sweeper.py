@@ -17,6 +17,7 @@ from errands.conversions import store as conversions
 from errands.core import sweeper
 from errands.core.db import open_pool
 from errands.core.resources import Resources, open_resources
+from errands.core.sweeper import Expiry
 from errands.loops import EXPIRIES, LOOPS
 from errands.stats.store import expire_stats
 
@@ -56,6 +57,12 @@ async def swept(settings: Settings) -> AsyncIterator[Resources]:
         yield opened
 
 
+async def sweep_all(resources: Resources, expiries: dict[str, Expiry]) -> dict[str, int]:
+    """Run every expiry until nothing expired is left, as the sweeper loop does; how many each
+    removed."""
+    return {name: await sweeper.run_expiry(resources, expire) for name, expire in expiries.items()}
+
+
 def age(path: Path, days: float) -> None:
     then = time.time() - days * 86400
     os.utime(path, (then, then))
@@ -78,7 +85,7 @@ async def test_old_stats_rows_go_and_recent_ones_stay(swept: Resources) -> None:
         for route, age in [("/old", timedelta(days=11)), ("/recent", timedelta(days=9))]:
             await conn.execute(INSERT_STATS_ROW, {"route": route, "age": age})
 
-    assert await sweeper.sweep_once(swept, EXPIRIES) == dict.fromkeys(EXPIRIES, 0) | {"stats": 1}
+    assert await sweep_all(swept, EXPIRIES) == dict.fromkeys(EXPIRIES, 0) | {"stats": 1}
     assert await stats_routes(swept) == {"/recent"}
 
 
@@ -97,7 +104,7 @@ async def test_finished_timers_past_retention_go_and_pending_ones_stay(swept: Re
         for name, (status, age) in (kept | gone).items():
             await conn.execute(INSERT_TIMER, {"id": ids[name], "status": status, "age": age})
 
-    removed = await sweeper.sweep_once(swept, EXPIRIES)
+    removed = await sweep_all(swept, EXPIRIES)
 
     assert removed["timers"] == len(gone)
     assert await ids_in(swept, "timers") == {ids[name] for name in kept}
@@ -115,7 +122,7 @@ async def test_other_deliveries_follow_their_own_retention(swept: Resources) -> 
             INSERT_TIMER, {"id": timer, "status": "delivered", "age": timedelta(days=4)}
         )
 
-    removed = await sweeper.sweep_once(swept, EXPIRIES)
+    removed = await sweep_all(swept, EXPIRIES)
 
     assert removed["deliveries"] == 1
     assert await ids_in(swept, "deliveries") == {recent, timer}
@@ -129,7 +136,7 @@ async def test_an_expiry_is_repeated_until_its_backlog_is_gone(
         for n in range(5):
             await conn.execute(INSERT_STATS_ROW, {"route": f"/old{n}", "age": timedelta(days=20)})
 
-    assert await sweeper.sweep_once(swept, {"stats": expire_stats}) == {"stats": 5}
+    assert await sweep_all(swept, {"stats": expire_stats}) == {"stats": 5}
     assert await stats_routes(swept) == set()
 
 
@@ -149,12 +156,46 @@ async def test_the_sweeper_loop_sweeps_until_stopped(swept: Resources) -> None:
         await asyncio.wait_for(sweeping, 10)
 
 
-async def test_a_database_out_of_reach_leaves_the_sweep_for_later(swept: Resources) -> None:
+async def test_a_database_out_of_reach_is_waited_out_until_stopped(swept: Resources) -> None:
     async with open_pool(swept.database_url, max_size=1) as pool:
         pass  # closed on leaving: every use now fails as with a database gone
     unreachable = dataclasses.replace(swept, pool=pool)
+    stop = asyncio.Event()
+    sweeping = asyncio.create_task(LOOPS["sweeper"](unreachable, stop))
+    await asyncio.sleep(0.5)
+    assert not sweeping.done(), "the sweeper waits for the database rather than failing"
+    stop.set()
+    await asyncio.wait_for(sweeping, 10)
 
-    assert await sweeper.sweep_once(unreachable, EXPIRIES) == dict.fromkeys(EXPIRIES, 0)
+
+async def test_each_expiry_runs_once_per_interval_however_many_sweepers_run(
+    settings: Settings,
+) -> None:
+    runs = 0
+
+    async def counted(resources: Resources, limit: int) -> int:
+        nonlocal runs
+        runs += 1
+        return 0
+
+    expiries = {f"counted-{uuid.uuid4()}": counted}
+    stop = asyncio.Event()
+    hourly = settings.model_copy(update={"sweep_interval_s": 3600})
+    async with open_resources(hourly) as first, open_resources(hourly) as second:
+        sweepers = [
+            asyncio.create_task(sweeper.run_sweeper(each, expiries, stop))
+            for each in (first, second)
+        ]
+        try:
+            for _ in range(600):  # polled for up to 30 s
+                if runs:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # time enough for the other sweeper to claim it too
+            assert runs == 1
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*sweepers), 10)
 
 
 async def test_the_sweep_removes_what_a_killed_upload_left_but_not_a_live_one(
@@ -167,7 +208,7 @@ async def test_the_sweep_removes_what_a_killed_upload_left_but_not_a_live_one(
     abandoned.write_bytes(b"half an upload")
     for path in partials.iterdir():
         age(path, days=1)  # both look old: only the lock tells them apart
-    removed = await sweeper.sweep_once(swept, EXPIRIES)
+    removed = await sweep_all(swept, EXPIRIES)
     assert removed["abandoned writes"] == 1
     assert not abandoned.exists()
     await live.commit()
@@ -196,7 +237,7 @@ async def test_files_no_upload_records_go_once_older_than_any_upload_takes(
     age(recorded, days=1)
     age(orphan, days=1)
 
-    removed = await sweeper.sweep_once(swept, EXPIRIES)
+    removed = await sweep_all(swept, EXPIRIES)
 
     assert removed["abandoned writes"] == 1
     assert not orphan.parent.parent.exists()

@@ -540,25 +540,19 @@ EXPIRED_UPLOADS = """
      LIMIT %(limit)s
 """
 
-EXPIRE_BATCH = 100
+ORPHAN_CHECK_BATCH = 100
 
 
-async def expire_uploads(pool: Pool, storage: Storage, retention: timedelta) -> int:
-    """Delete finished uploads older than `retention` with their files; how many went.
-
-    Called by the sweeper loop; works in batches, so one call never holds much at once.
-    """
+async def expire_uploads(pool: Pool, storage: Storage, retention: timedelta, limit: int) -> int:
+    """Delete up to `limit` finished uploads older than `retention`, with their files; how many
+    went (fewer than found when another sweep took some first)."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(EXPIRED_UPLOADS, {"retention": retention, "limit": limit})
+        expired = [row["id"] for row in await cursor.fetchall()]
     removed = 0
-    while True:
-        async with pool.connection() as conn:
-            cursor = await conn.execute(
-                EXPIRED_UPLOADS, {"retention": retention, "limit": EXPIRE_BATCH}
-            )
-            expired = [row["id"] for row in await cursor.fetchall()]
-        for upload_id in expired:
-            removed += await delete_upload(pool, storage, upload_id)
-        if len(expired) < EXPIRE_BATCH:
-            return removed
+    for upload_id in expired:
+        removed += await delete_upload(pool, storage, upload_id)
+    return removed
 
 
 KNOWN_UPLOADS = "SELECT id FROM uploads WHERE id = ANY(%(ids)s)"
@@ -574,8 +568,8 @@ async def expire_orphaned_files(pool: Pool, storage: Storage, untouched_for_s: f
         with contextlib.suppress(ValueError):  # not an upload's folder: not ours to judge
             ids.append(uuid.UUID(name))
     removed = 0
-    for start in range(0, len(ids), EXPIRE_BATCH):
-        batch = ids[start : start + EXPIRE_BATCH]
+    for start in range(0, len(ids), ORPHAN_CHECK_BATCH):
+        batch = ids[start : start + ORPHAN_CHECK_BATCH]
         async with pool.connection() as conn:
             cursor = await conn.execute(KNOWN_UPLOADS, {"ids": batch})
             known = {row["id"] for row in await cursor.fetchall()}
