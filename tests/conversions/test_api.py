@@ -446,7 +446,9 @@ async def test_uploads_are_listed_newest_first_a_page_at_a_time(
 
     bad = await api.get("/uploads", params={"cursor": "not-a-cursor"})
     assert bad.status_code == 400
-    assert bad.json() == {"detail": "invalid cursor: pass the next_cursor of a previous page"}
+    assert bad.json() == {
+        "detail": "cursor is not one a previous page returned: pass its next_cursor back"
+    }
     assert (await api.get("/uploads", params={"limit": 0})).status_code == 422
     assert (await api.get("/uploads", params={"status": "lost"})).status_code == 422
 

@@ -15,7 +15,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from errands.config import Settings
-from errands.core import delivery
+from errands.core import delivery, paging
 from errands.core.delivery import store
 from errands.core.delivery.sending import HostSlots, retry_delay_s
 from errands.core.resources import Resources, open_resources
@@ -255,7 +255,7 @@ async def test_deliveries_list_newest_first_in_keyset_pages(resources: Resources
     assert seen == list(reversed(ids[1:]))
     [cancelled], _ = await delivery.list_deliveries(resources.pool, status="cancelled")
     assert cancelled["id"] == ids[0]
-    with pytest.raises(delivery.BadCursor):
+    with pytest.raises(paging.BadCursor):
         await delivery.list_deliveries(resources.pool, cursor="not-a-cursor")
 
 

@@ -24,9 +24,9 @@ from errands.console.templating import render
 from errands.conversions import api as conversions_api
 from errands.conversions import store as conversions_store
 from errands.core import delivery
-from errands.core.delivery import BadCursor
 from errands.core.errors import ErrandsError
 from errands.core.http import masked_url
+from errands.core.paging import BadCursor
 from errands.core.resources import Resources, get_resources
 from errands.monitors import api as monitors_api
 from errands.monitors import channels as channels_api
@@ -693,7 +693,7 @@ async def build_timers_page(
             resources.pool, status=status, limit=TIMERS_PER_PAGE, cursor=cursor
         )
     except BadCursor as error:
-        raise PageError(422, f"cursor: {error}") from None
+        raise PageError(422, str(error)) from None
     pending = await timers_store.count_pending(resources.pool)
     schedules, more_schedules = await timers_store.list_schedules(
         resources.pool, limit=SCHEDULES_ON_PAGE, cursor=None

@@ -2,10 +2,7 @@
 PNGs made of them, and `GET /files/{path}` downloads any stored original or PNG."""
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import json
 import mimetypes
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +20,7 @@ from starlette.requests import ClientDisconnect
 
 from errands.conversions import store
 from errands.conversions.convert import MAGIC_BYTES_NEEDED, detect_kind
+from errands.core import paging
 from errands.core.errors import (
     ErrandsError,
     NotFound,
@@ -176,7 +174,8 @@ class UploadList(BaseModel):
     model_config = _example(
         {
             "uploads": [STATUS_EXAMPLE | {"created_at": "2026-12-01T23:05:08.412Z"}],
-            "next_cursor": "WyIyMDI2LTEyLTAxVDIzOjA1OjA4LjQxMloiLCAiNmYwYyJd",
+            "next_cursor": "MjAyNi0xMi0wMVQyMzowNTowOC40MTIwMDArMDA6MDB8NmYwYzJhNGUtM2IxZC00Yz"
+            "U1LTllOGEtMmY3ZDZiMWMwYTkz",
         }
     )
 
@@ -255,21 +254,6 @@ FILES_PREFIX = "/files/"
 
 def file_path(key: str) -> str:
     return f"{FILES_PREFIX}{key}"
-
-
-def encode_cursor(created_at: datetime, upload_id: uuid.UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(upload_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """The (created_at, id) a cursor from `encode_cursor` holds; ErrandsError for any other."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, upload_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), uuid.UUID(upload_id)
-    except (binascii.Error, ValueError, TypeError):
-        raise ErrandsError("invalid cursor: pass the next_cursor of a previous page") from None
 
 
 class _IncomingFile:
@@ -594,7 +578,10 @@ async def list_uploads(
 ) -> UploadList:
     """Uploads newest first with their status and counts, a page at a time (keyset
     pagination: pages stay consistent while new uploads arrive)."""
-    after = decode_cursor(cursor) if cursor else None
+    try:
+        after = paging.cursor_position(cursor) if cursor else None
+    except paging.BadCursor as error:
+        raise ErrandsError(str(error)) from None
     found = await store.list_uploads(resources.pool, status=status, after=after, limit=limit + 1)
     page = found[:limit]
     last = page[-1] if len(found) > limit else None
@@ -610,7 +597,7 @@ async def list_uploads(
             )
             for upload in page
         ],
-        next_cursor=encode_cursor(last.created_at, last.id) if last else None,
+        next_cursor=paging.page_cursor(last.created_at, last.id) if last else None,
     )
 
 

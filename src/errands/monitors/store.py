@@ -117,7 +117,8 @@ INSERT_MONITOR = """
     RETURNING id
 """
 
-SELECT_MONITORS = """
+# A monitor as the API shows it, with its state and channels; each query adds its own clauses.
+MONITOR_VIEW = """
     SELECT id, url, name, method, interval_s, timeout_s, regex, regex_mode, expected_status,
            max_response_ms, failure_threshold, success_threshold, tls_expiry_days, paused,
            public, coalesce(s.state, 'new') AS state, s.state_since, created_at, updated_at,
@@ -128,39 +129,20 @@ SELECT_MONITORS = """
                   ORDER BY channel_id) AS channels
       FROM monitors
       LEFT JOIN monitor_states AS s ON s.monitor_id = monitors.id
+"""
+
+SELECT_MONITORS = (
+    MONITOR_VIEW
+    + """
      ORDER BY created_at, id
      LIMIT %(limit)s
     OFFSET %(offset)s
 """
+)
 
-SELECT_MONITOR = """
-    SELECT id, url, name, method, interval_s, timeout_s, regex, regex_mode, expected_status,
-           max_response_ms, failure_threshold, success_threshold, tls_expiry_days, paused,
-           public, coalesce(s.state, 'new') AS state, s.state_since, created_at, updated_at,
-           due_at,
-           ARRAY(SELECT channel_id
-                   FROM monitor_channels
-                  WHERE monitor_id = monitors.id
-                  ORDER BY channel_id) AS channels
-      FROM monitors
-      LEFT JOIN monitor_states AS s ON s.monitor_id = monitors.id
-     WHERE id = %(id)s
-"""
+SELECT_MONITOR = MONITOR_VIEW + " WHERE id = %(id)s"
 
-SELECT_MONITOR_BY_URL = """
-    SELECT id, url, name, method, interval_s, timeout_s, regex, regex_mode, expected_status,
-           max_response_ms, failure_threshold, success_threshold, tls_expiry_days, paused,
-           public, coalesce(s.state, 'new') AS state, s.state_since, created_at, updated_at,
-           due_at,
-           ARRAY(SELECT channel_id
-                   FROM monitor_channels
-                  WHERE monitor_id = monitors.id
-                  ORDER BY channel_id) AS channels
-      FROM monitors
-      LEFT JOIN monitor_states AS s ON s.monitor_id = monitors.id
-     WHERE url = %(url)s
-       FOR UPDATE OF monitors
-"""
+SELECT_MONITOR_BY_URL = MONITOR_VIEW + " WHERE url = %(url)s FOR UPDATE OF monitors"
 
 # Clearing the lease makes a checker that is mid-check on the old settings write nothing back.
 UPDATE_MONITOR = """

@@ -9,10 +9,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from errands.core.delivery import BadCursor
 from errands.core.errors import Conflict, NotFound, Unprocessable
 from errands.core.http import BlockedTarget
 from errands.core.openapi import answer
+from errands.core.paging import BadCursor
 from errands.core.resources import Resources, get_resources
 from errands.core.validation import RequestBody
 from errands.timers import store
@@ -292,7 +292,7 @@ async def list_timers(
             resources.pool, status=status, limit=limit, cursor=cursor
         )
     except BadCursor as error:
-        raise Unprocessable(f"cursor: {error}") from None
+        raise Unprocessable(str(error)) from None
     return {"timers": timers, "next_cursor": next_cursor}
 
 

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Self
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
-from errands.core.delivery import BadCursor
 from errands.core.errors import NotFound, Unprocessable
 from errands.core.http import BlockedTarget
+from errands.core.paging import BadCursor
 from errands.core.resources import Resources, get_resources
 from errands.core.validation import RequestBody
 from errands.timers import store
@@ -227,7 +227,7 @@ async def list_schedules(
     try:
         rows, next_cursor = await store.list_schedules(resources.pool, limit=limit, cursor=cursor)
     except BadCursor as error:
-        raise Unprocessable(f"cursor: {error}") from None
+        raise Unprocessable(str(error)) from None
     return {"schedules": rows, "next_cursor": next_cursor}
 
 

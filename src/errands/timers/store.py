@@ -11,7 +11,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.types.json import Jsonb
 
-from errands.core import claims, delivery
+from errands.core import claims, delivery, paging
 from errands.core.batching import Batcher
 from errands.core.db import Pool
 from errands.core.delivery import store as deliveries
@@ -258,8 +258,8 @@ async def list_timers(
     pool: Pool, *, status: TimerStatus | None, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first, a page and the next page's cursor (None on the last). Raises
-    delivery.BadCursor for a cursor that did not come from here."""
-    after_created_at, after_id = deliveries.cursor_position(cursor) if cursor else (None, None)
+    paging.BadCursor for a cursor that did not come from here."""
+    after_created_at, after_id = paging.cursor_position(cursor) if cursor else (None, None)
     params = {
         "status": None if status is None else _DELIVERY_STATUS[status],
         "after_created_at": after_created_at,
@@ -268,9 +268,7 @@ async def list_timers(
     }
     async with pool.connection() as conn:
         rows = await (await conn.execute(LIST_TIMERS, params)).fetchall()
-    if len(rows) <= limit:
-        return rows, None
-    return rows[:limit], deliveries.page_cursor(rows[limit - 1])
+    return paging.split_page(rows, limit)
 
 
 async def get_attempts(pool: Pool, timer_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -403,13 +401,11 @@ async def list_schedules(
     pool: Pool, *, limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first, a page and the next page's cursor; BadCursor for a foreign cursor."""
-    after_created_at, after_id = deliveries.cursor_position(cursor) if cursor else (None, None)
+    after_created_at, after_id = paging.cursor_position(cursor) if cursor else (None, None)
     params = {"after_created_at": after_created_at, "after_id": after_id, "limit": limit + 1}
     async with pool.connection() as conn:
         rows = await (await conn.execute(LIST_SCHEDULES, params)).fetchall()
-    if len(rows) <= limit:
-        return rows, None
-    return rows[:limit], deliveries.page_cursor(rows[limit - 1])
+    return paging.split_page(rows, limit)
 
 
 async def update_schedule(

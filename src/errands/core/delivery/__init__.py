@@ -3,7 +3,6 @@
 
 from errands.core.delivery.sending import deliver_webhooks
 from errands.core.delivery.store import (
-    BadCursor,
     NewDelivery,
     Status,
     count_by_status,
@@ -14,7 +13,6 @@ from errands.core.delivery.store import (
 )
 
 __all__ = [
-    "BadCursor",
     "NewDelivery",
     "Status",
     "count_by_status",

@@ -1,6 +1,5 @@
 """The deliveries table: enqueueing in the caller's transaction, recording attempts, reading."""
 
-import base64
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -10,7 +9,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.types.json import Jsonb
 
-from errands.core import claims
+from errands.core import claims, paging
 from errands.core.db import Pool
 from errands.core.resources import Resources
 
@@ -18,20 +17,17 @@ __all__ = [
     "ATTEMPTS_KEPT",
     "CHANNEL",
     "AttemptRecord",
-    "BadCursor",
     "Deferred",
     "NewDelivery",
     "Status",
     "cancel",
     "count_by_status",
-    "cursor_position",
     "defer",
     "enqueue",
     "enqueue_all",
     "expire_finished_deliveries",
     "get_delivery",
     "list_deliveries",
-    "page_cursor",
     "record_attempts",
     "requeue",
     "reschedule",
@@ -311,24 +307,6 @@ async def reschedule(
     return cursor.rowcount == 1
 
 
-class BadCursor(ValueError):
-    """A page cursor that this module did not make."""
-
-
-def page_cursor(row: Mapping[str, Any]) -> str:
-    """The keyset cursor of the page after `row`: its (created_at, id), opaque to clients."""
-    text = f"{row['created_at'].isoformat()}|{row['id']}"
-    return base64.urlsafe_b64encode(text.encode()).decode()
-
-
-def cursor_position(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created_at, delivery_id = base64.urlsafe_b64decode(cursor).decode().split("|")
-        return datetime.fromisoformat(created_at), uuid.UUID(delivery_id)
-    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
-        raise BadCursor("cursor is not one a previous page returned") from None
-
-
 async def list_deliveries(
     pool: Pool,
     *,
@@ -339,7 +317,7 @@ async def list_deliveries(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first; returns a page and the cursor of the next one (None on the last page).
     Raises BadCursor for a cursor that did not come from here."""
-    after_created_at, after_id = cursor_position(cursor) if cursor else (None, None)
+    after_created_at, after_id = paging.cursor_position(cursor) if cursor else (None, None)
     params = {
         "status": status,
         "source": source,
@@ -349,9 +327,7 @@ async def list_deliveries(
     }
     async with pool.connection() as conn:
         rows = await (await conn.execute(LIST_DELIVERIES, params)).fetchall()
-    if len(rows) <= limit:
-        return rows, None
-    return rows[:limit], page_cursor(rows[limit - 1])
+    return paging.split_page(rows, limit)
 
 
 async def get_delivery(pool: Pool, delivery_id: uuid.UUID) -> dict[str, Any] | None:
