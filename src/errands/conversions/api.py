@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -39,6 +38,7 @@ from errands.core.storage import (
     Writer,
     check_key,
 )
+from errands.core.validation import check_http_url
 
 __all__ = [
     "FileView",
@@ -413,17 +413,10 @@ class _UploadReader:
 def check_callback_url(resources: Resources, url: str) -> None:
     """Refuse a callback URL that is not http(s) with a host, or that the outbound guard would
     refuse to call (a private address, unless private targets are allowed)."""
-    if not url.isprintable() or " " in url or "\\" in url:
-        raise Unprocessable(
-            "callback_url must not contain spaces, backslashes or control characters"
-        )
     try:
-        parts = urlsplit(url)
-        _ = parts.port  # a port out of range is a ValueError
+        check_http_url(url, field="callback_url")
     except ValueError as error:
-        raise Unprocessable(f"callback_url is not a valid URL: {error}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Unprocessable("callback_url must be an http:// or https:// URL with a host")
+        raise Unprocessable(str(error)) from None
     try:
         resources.http.check_url(url)
     except BlockedTarget as error:

@@ -3,6 +3,7 @@ validation errors, `{"detail": "<message>"}`, short and valid JSON whatever the 
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +15,7 @@ __all__ = [
     "MAX_ITEMS_PER_LIST",
     "MAX_REPORTED_PROBLEMS",
     "RequestBody",
+    "check_http_url",
     "describe_problems",
     "render_validation_error",
 ]
@@ -41,6 +43,22 @@ class RequestBody(BaseModel):
         if _has_unstorable_text_or_long_list(data):
             raise ValueError(_where_is_the_problem(data))
         return data
+
+
+def check_http_url(url: str, field: str = "url") -> str:
+    """`url` when it is an http(s) URL with a host and a valid port, free of spaces, backslashes
+    and control characters; otherwise a ValueError that names `field`. Where it may be sent is
+    the outbound guard's to say."""
+    if not url.isprintable() or " " in url or "\\" in url:
+        raise ValueError(f"{field} must not contain spaces, backslashes or control characters")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port out of range is a ValueError
+    except ValueError as error:
+        raise ValueError(f"{field} is not a valid URL: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{field} must be an http:// or https:// URL with a host")
+    return url
 
 
 def _has_unstorable_text_or_long_list(data: Any) -> bool:

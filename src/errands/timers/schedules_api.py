@@ -12,7 +12,7 @@ from errands.core.errors import NotFound, Unprocessable
 from errands.core.http import BlockedTarget
 from errands.core.paging import BadCursor
 from errands.core.resources import Resources, get_resources
-from errands.core.validation import RequestBody
+from errands.core.validation import RequestBody, check_http_url
 from errands.timers import store
 from errands.timers.schedules import check_cron, check_timezone, next_occurrence
 from errands.timers.webhook_options import (
@@ -20,7 +20,6 @@ from errands.timers.webhook_options import (
     WebhookOptions,
     WebhookUrl,
     check_headers,
-    check_url,
     encoded_body,
 )
 
@@ -112,7 +111,7 @@ class ScheduleChange(RequestBody):
     @field_validator("url")
     @classmethod
     def url_is_http(cls, url: str | None) -> str | None:
-        return None if url is None else check_url(url)
+        return None if url is None else check_http_url(url)
 
     @field_validator("headers")
     @classmethod

@@ -3,11 +3,10 @@
 import json
 import re
 from typing import Annotated, Literal, Self
-from urllib.parse import urlsplit
 
 from pydantic import Field, JsonValue, field_validator, model_validator
 
-from errands.core.validation import RequestBody
+from errands.core.validation import RequestBody, check_http_url
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -15,7 +14,6 @@ __all__ = [
     "WebhookMethod",
     "WebhookOptions",
     "check_headers",
-    "check_url",
 ]
 
 MAX_URL_CHARS = 2048
@@ -47,16 +45,6 @@ HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 
 WebhookMethod = Literal["POST", "PUT", "PATCH", "DELETE", "GET"]
 WebhookUrl = Annotated[str, Field(strict=True, max_length=MAX_URL_CHARS)]
-
-
-def check_url(url: str) -> str:
-    if not url.isprintable() or " " in url or "\\" in url:
-        raise ValueError("url must not contain spaces, backslashes or control characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("url must be an http:// or https:// URL with a host")
-    _ = parts.port  # raises ValueError, naming the problem, for a port out of range
-    return url
 
 
 def check_headers(headers: dict[str, str]) -> dict[str, str]:
@@ -100,7 +88,7 @@ class WebhookOptions(RequestBody):
     @field_validator("url")
     @classmethod
     def url_is_http(cls, url: str) -> str:
-        return check_url(url)
+        return check_http_url(url)
 
     @field_validator("headers")
     @classmethod
