@@ -81,13 +81,6 @@ def test_a_transition_starts_at_the_first_check_of_its_run() -> None:
     assert transition.since == START
 
 
-def test_paused_and_maintenance_notify_no_channel() -> None:
-    channel = alerts.Channel(uuid.uuid4(), "ops", "webhook", "https://example.com/hook")
-    assert alerts.channels_to_notify([channel], paused=False, in_maintenance=False) == [channel]
-    assert alerts.channels_to_notify([channel], paused=True, in_maintenance=False) == []
-    assert alerts.channels_to_notify([channel], paused=False, in_maintenance=True) == []
-
-
 # --- Through the sink, on a real PostgreSQL ---------------------------------------------------
 
 

@@ -7,7 +7,6 @@ Pure functions only; the sink calls them inside the transaction that stores the 
 
 import json
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -29,7 +28,6 @@ __all__ = [
     "alert_id",
     "alert_type",
     "cause_of",
-    "channels_to_notify",
     "delivery_id",
     "monitor_name",
     "notification_body",
@@ -161,16 +159,6 @@ class Channel:
     name: str
     kind: Literal["webhook", "apprise"]
     target: str
-
-
-def channels_to_notify(
-    channels: Sequence[Channel], *, paused: bool, in_maintenance: bool
-) -> list[Channel]:
-    """Every channel of the monitor, unless it is paused or in a maintenance window (the alert
-    is then recorded as held and sent nowhere)."""
-    if paused or in_maintenance:
-        return []
-    return list(channels)
 
 
 def alert_id(check_id: uuid.UUID, kind: AlertType) -> uuid.UUID:

@@ -1235,9 +1235,8 @@ async def _advance_alerts(conn: Connection) -> list[Notification]:
                 "url": run.row["url"],
                 "state": event.to_state,
             }
-            for channel in alerts.channels_to_notify(
-                channels.get(monitor_id, []), paused=False, in_maintenance=held
-            ):
+            # An alert held by a maintenance window is recorded and sent nowhere.
+            for channel in [] if held else channels.get(monitor_id, []):
                 notifications.append(
                     Notification(alert, channel, event.kind, monitor, event.incident, event.check)
                 )
