@@ -60,7 +60,10 @@ RENEWALS_PER_LEASE = 3
 SAFETY_MARGIN_FRACTION = 0.25
 
 # Rows due within the lookahead are claimed too (their handler waits for the due time in memory);
-# `claimed_at` is the database's clock at the claim, which that wait is measured against.
+# `claimed_at` is the database's clock as it claimed each row, which that wait is measured
+# against. clock_timestamp(), not the statement's now(): the wait is counted from when the answer
+# arrived, so it ends late by the time between the two, and a claim of many rows takes
+# milliseconds.
 CLAIM_DUE = """
     UPDATE {table}
        SET lease_owner = %(owner)s,
@@ -74,7 +77,7 @@ CLAIM_DUE = """
               LIMIT %(limit)s
                 FOR UPDATE SKIP LOCKED
            )
- RETURNING *, now() AS claimed_at
+ RETURNING *, clock_timestamp() AS claimed_at
 """
 
 # A lease that ran out is not revived: the row may have been cancelled or claimed meanwhile.
