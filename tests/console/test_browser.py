@@ -1,5 +1,6 @@
 """The console in a real browser, as a person uses it: sign in, add a monitor and watch its
-state change, cancel a timer, open an upload's pages, read and use pages by keyboard.
+state change, cancel a timer, add and remove alert channels and maintenance windows, open an
+upload's pages, read and use pages by keyboard.
 
 Chromium is Debian's headless build driven by selenium (tests/console/browser.py), started with
 `--disable-background-networking --disable-component-update --no-first-run` and
@@ -133,6 +134,32 @@ async def test_cancel_a_timer_from_its_page(browser: WebDriver, app: RunningApp)
 
     await in_browser(cancel)
     assert (await app.client.get(f"/timer/{timer_id}")).json()["status"] == "cancelled"
+
+
+async def test_add_a_channel_and_hold_alerts_then_remove_both(
+    browser: WebDriver, app: RunningApp
+) -> None:
+    def add_and_remove() -> None:
+        browser.get(f"{app.base_url}/console/alerts")
+        browser.find_element(By.ID, "channel-name").send_keys("on-call")
+        browser.find_element(By.ID, "channel-url").send_keys("https://hooks.example/errands")
+        browser.find_element(By.XPATH, "//button[text()='Add channel']").click()
+        wait_for("the channel's row", lambda: "hooks.example/errands" in text_of(browser, "main"))
+        hold = browser.find_element(By.ID, "hold-minutes")
+        hold.clear()
+        hold.send_keys("45", Keys.ENTER)
+        wait_for(
+            "the window's row", lambda: "No maintenance windows." not in text_of(browser, "main")
+        )
+
+        browser.find_element(By.CSS_SELECTOR, "[aria-label='Remove the channel on-call']").click()
+        wait_for("no channel", lambda: "No channels" in text_of(browser, "main"))
+        browser.find_element(By.CSS_SELECTOR, "[aria-label^='Remove the window']").click()
+        wait_for("no window", lambda: "No maintenance windows." in text_of(browser, "main"))
+
+    await in_browser(add_and_remove)
+    assert (await app.client.get("/channels")).json() == []
+    assert (await app.client.get("/maintenance")).json() == []
 
 
 async def test_open_the_pages_of_an_upload(browser: WebDriver, settings: Settings) -> None:

@@ -411,6 +411,77 @@ async def test_channels_and_maintenance_windows_are_listed_with_secrets_masked(
     assert "2030-01-01 00:00:00 UTC" in page.text
 
 
+async def test_channels_and_maintenance_windows_are_added_and_removed_through_the_forms(
+    api: httpx.AsyncClient,
+) -> None:
+    token = await form_token(api, "/console/alerts")
+
+    added = await api.post(
+        "/console/alerts/channels",
+        data={"csrf_token": token, "name": "on-call", "url": "https://hooks.example/errands"},
+    )
+    assert added.status_code == 303 and added.headers["location"] == "/console/alerts"
+    [channel] = (await api.get("/channels")).json()
+    assert (channel["name"], channel["kind"]) == ("on-call", "webhook")
+
+    held = await api.post(
+        "/console/alerts/maintenance", data={"csrf_token": token, "minutes": "30"}
+    )
+    assert held.status_code == 303
+    [window] = (await api.get("/maintenance")).json()
+    starts = datetime.fromisoformat(window["starts_at"])
+    ends = datetime.fromisoformat(window["ends_at"])
+    assert window["monitors"] == "all" and ends - starts == timedelta(minutes=30)
+    assert abs(datetime.now(UTC) - starts) < timedelta(minutes=1)
+
+    page = await api.get("/console/alerts")
+    assert f'action="/console/alerts/channels/{channel["id"]}/delete"' in page.text
+    assert f'action="/console/alerts/maintenance/{window["id"]}/delete"' in page.text
+
+    removed = await api.post(
+        f"/console/alerts/channels/{channel['id']}/delete", data={"csrf_token": token}
+    )
+    assert removed.status_code == 303 and (await api.get("/channels")).json() == []
+    removed = await api.post(
+        f"/console/alerts/maintenance/{window['id']}/delete", data={"csrf_token": token}
+    )
+    assert removed.status_code == 303 and (await api.get("/maintenance")).json() == []
+    gone = await api.post(
+        f"/console/alerts/maintenance/{window['id']}/delete", data={"csrf_token": token}
+    )
+    assert gone.status_code == 404
+
+
+async def test_bad_channel_and_window_forms_show_the_page_again_saying_what_is_wrong(
+    api: httpx.AsyncClient,
+) -> None:
+    token = await form_token(api, "/console/alerts")
+    cases = [
+        ("/console/alerts/channels", {"name": "ops", "url": "ftp://hooks.example/"}, "url"),
+        ("/console/alerts/channels", {"name": "", "url": "https://hooks.example/"}, "name"),
+        ("/console/alerts/channels", {"name": "ops", "apprise": "json://a.example/"}, "url"),
+        ("/console/alerts/maintenance", {"minutes": "0"}, "minutes"),
+        ("/console/alerts/maintenance", {"minutes": "soon"}, "minutes"),
+    ]
+    for path, fields, named in cases:
+        refused = await api.post(path, data={"csrf_token": token, **fields})
+        assert refused.status_code == 422, (path, fields, refused.text)
+        assert 'role="alert"' in refused.text and named in refused.text, (fields, refused.text)
+    kept = await api.post(
+        "/console/alerts/channels",
+        data={"csrf_token": token, "name": "ops", "url": "ftp://hooks.example/"},
+    )
+    assert 'value="ftp://hooks.example/"' in kept.text, "what was typed stays in the form"
+    assert (await api.get("/channels")).json() == [] and (
+        await api.get("/maintenance")
+    ).json() == []
+    forged = await api.post(
+        "/console/alerts/channels",
+        data={"csrf_token": "0" * 64, "name": "ops", "url": "https://hooks.example/"},
+    )
+    assert forged.status_code == 403 and (await api.get("/channels")).json() == []
+
+
 async def test_the_timers_page_lists_the_recurring_schedules(
     settings: Settings, resources: Resources
 ) -> None:

@@ -24,14 +24,14 @@ from errands.console.templating import render
 from errands.conversions import api as conversions_api
 from errands.conversions import store as conversions_store
 from errands.core import delivery
-from errands.core.errors import ErrandsError
+from errands.core.errors import ErrandsError, Unprocessable
 from errands.core.http import masked_url
 from errands.core.paging import BadCursor
 from errands.core.resources import Resources, get_resources
 from errands.monitors import api as monitors_api
 from errands.monitors import channels as channels_api
 from errands.monitors import store as monitors_store
-from errands.monitors.maintenance import MaintenanceWindow
+from errands.monitors.maintenance import MaintenanceIn, MaintenanceWindow
 from errands.stats import api as stats_api
 from errands.timers import api as timers_api
 from errands.timers import store as timers_store
@@ -618,11 +618,49 @@ async def pause_monitor(
 
 @dataclass(frozen=True)
 class AlertsPage:
-    """Where alerts go and when they are held back."""
+    """Where alerts go and when they are held back, with the forms to add either."""
 
     title: str
     channels: list[channels_api.ChannelOut]
     windows: list[MaintenanceWindow]
+    channel_form: dict[str, str]
+    hold_minutes: str
+    error: str | None = None
+
+
+NEW_CHANNEL = {"name": "", "url": ""}
+DEFAULT_HOLD_MINUTES = "60"
+CHANNEL_FORM_FIELDS = {"name": {"type": "string"}, "url": {"type": "string"}}
+HOLD_FORM_FIELDS = {"minutes": {"type": "string"}}
+
+
+async def _alerts_page(
+    request: Request,
+    resources: Resources,
+    viewer: Viewer,
+    *,
+    channel_form: dict[str, str] = NEW_CHANNEL,
+    hold_minutes: str = DEFAULT_HOLD_MINUTES,
+    error: ErrandsError | None = None,
+) -> HTMLResponse:
+    page = AlertsPage(
+        title="Channels and maintenance",
+        channels=await channels_api.list_channels(resources),
+        windows=await monitors_api.list_maintenance(resources),
+        channel_form=channel_form,
+        hold_minutes=hold_minutes,
+        error=None if error is None else error.detail,
+    )
+    status_code = 200 if error is None else error.status_code
+    return await render(
+        request,
+        resources,
+        "alerts.html",
+        viewer=viewer,
+        section="alerts",
+        page=page,
+        status_code=status_code,
+    )
 
 
 @router.get(
@@ -633,16 +671,104 @@ class AlertsPage:
 )
 async def alerts(request: Request, resources: ResourcesDep, viewer: ViewerDep) -> HTMLResponse:
     """The notification channels (secrets in their URLs masked) and the maintenance windows,
-    past, open and future, as `GET /channels` and `GET /maintenance` give them."""
+    past, open and future, as `GET /channels` and `GET /maintenance` give them; forms to add a
+    webhook channel and to hold every monitor's alerts for a while, and to remove either."""
     require_scope(viewer, "monitors")
-    page = AlertsPage(
-        title="Channels and maintenance",
-        channels=await channels_api.list_channels(resources),
-        windows=await monitors_api.list_maintenance(resources),
+    return await _alerts_page(request, resources, viewer)
+
+
+@router.post(
+    "/console/alerts/channels",
+    summary="Add a webhook channel",
+    response_class=HTMLResponse,
+    responses=html_answers(303, 403, 422),
+    openapi_extra=form_body(CHANNEL_FORM_FIELDS, {"name": "on-call", "url": "https://a.test/"}),
+)
+async def create_channel(request: Request, resources: ResourcesDep, viewer: ViewerDep) -> Response:
+    """Add a channel that receives each alert as a signed webhook, as `POST /channels` with
+    `url` does. Apprise channels need an admin key, so only the API adds them."""
+    require_scope(viewer, "monitors")
+    fields = await checked_form(request, resources)
+    typed = {**NEW_CHANNEL, **fields}
+    try:
+        body = channels_api.ChannelIn.model_validate(fields)
+        if body.url is None:
+            raise Unprocessable("url: give the webhook's URL; Apprise channels come by the API")
+        await channels_api.create_channel(body, request, resources)
+    except ValidationError as error:
+        problem = Unprocessable(_validation_detail(error))
+        return await _alerts_page(request, resources, viewer, channel_form=typed, error=problem)
+    except ErrandsError as error:
+        return await _alerts_page(request, resources, viewer, channel_form=typed, error=error)
+    return _redirect("/console/alerts")
+
+
+@router.post(
+    "/console/alerts/channels/{channel_id}/delete",
+    summary="Remove a channel",
+    response_class=HTMLResponse,
+    responses=html_answers(303, 403, 404),
+    openapi_extra=form_body({}, {}),
+)
+async def delete_channel(
+    request: Request, resources: ResourcesDep, viewer: ViewerDep, channel_id: uuid.UUID
+) -> RedirectResponse:
+    """Remove a channel, as `DELETE /channels/{id}` does; monitors that named it stop notifying
+    it."""
+    require_scope(viewer, "monitors")
+    await checked_form(request, resources)
+    try:
+        await channels_api.delete_channel(channel_id, resources)
+    except ErrandsError as error:
+        raise _page_error(error) from None
+    return _redirect("/console/alerts")
+
+
+@router.post(
+    "/console/alerts/maintenance",
+    summary="Hold every monitor's alerts for a while",
+    response_class=HTMLResponse,
+    responses=html_answers(303, 403, 422),
+    openapi_extra=form_body(HOLD_FORM_FIELDS, {"minutes": "60"}),
+)
+async def create_maintenance(
+    request: Request, resources: ResourcesDep, viewer: ViewerDep
+) -> Response:
+    """Open a maintenance window over every monitor from now for the minutes given, as
+    `POST /maintenance` does; recurring windows and chosen monitors go through the API."""
+    require_scope(viewer, "monitors")
+    fields = await checked_form(request, resources)
+    minutes = fields.get("minutes", "")
+    if set(fields) != {"minutes"} or not minutes.isdecimal() or not 1 <= int(minutes) <= 10080:
+        problem = Unprocessable("minutes: give a whole number of minutes, 1 to 10080")
+        return await _alerts_page(request, resources, viewer, hold_minutes=minutes, error=problem)
+    now = datetime.now(UTC)
+    window = MaintenanceIn(
+        monitors="all", starts_at=now, ends_at=now + timedelta(minutes=int(minutes))
     )
-    return await render(
-        request, resources, "alerts.html", viewer=viewer, section="alerts", page=page
-    )
+    await monitors_api.create_maintenance(window, resources)
+    return _redirect("/console/alerts")
+
+
+@router.post(
+    "/console/alerts/maintenance/{window_id}/delete",
+    summary="Remove a maintenance window",
+    response_class=HTMLResponse,
+    responses=html_answers(303, 403, 404),
+    openapi_extra=form_body({}, {}),
+)
+async def delete_maintenance(
+    request: Request, resources: ResourcesDep, viewer: ViewerDep, window_id: uuid.UUID
+) -> RedirectResponse:
+    """Remove a maintenance window, as `DELETE /maintenance/{id}` does: alerts it would have
+    held are sent again from now on."""
+    require_scope(viewer, "monitors")
+    await checked_form(request, resources)
+    try:
+        await monitors_api.delete_maintenance(window_id, resources)
+    except ErrandsError as error:
+        raise _page_error(error) from None
+    return _redirect("/console/alerts")
 
 
 # --- Timers ------------------------------------------------------------------------------------
