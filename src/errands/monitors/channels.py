@@ -172,17 +172,16 @@ async def test_channel(channel_id: uuid.UUID, resources: ResourcesDep) -> TestSe
     channel = await store.get_channel(resources.pool, channel_id)
     if channel is None:
         raise NotFound(f"no channel {channel_id}")
-    if channel["kind"] == "apprise":
-        body = f"Errands: a test message to the channel {channel['name']!r}".encode()
-        headers: dict[str, str] = {}
-    else:
-        document = {
-            "type": "channel.test",
-            "channel": {"id": str(channel["id"]), "name": channel["name"]},
-        }
-        body = json.dumps(document, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json"}
-    delivery_id = await store.enqueue_test(resources.pool, channel, body, headers)
+    document = {
+        "type": "channel.test",
+        "channel": {"id": str(channel["id"]), "name": channel["name"]},
+    }
+    delivery_id = await store.enqueue_test(
+        resources.pool,
+        channel,
+        text=f"Errands: a test message to the channel {channel['name']!r}",
+        document=json.dumps(document, separators=(",", ":")).encode(),
+    )
     return TestSent(delivery_id=delivery_id)
 
 

@@ -404,17 +404,36 @@ async def get_channel(pool: Pool, channel_id: uuid.UUID) -> Row | None:
         return await cursor.fetchone()
 
 
-async def enqueue_test(pool: Pool, channel: Row, body: bytes, headers: dict[str, str]) -> uuid.UUID:
-    """Queue one message to the channel, as an alert would be; the delivery's id."""
-    async with pool.connection() as conn, conn.transaction():
-        return await delivery.enqueue(
-            conn,
-            url=channel["target"],
-            body=body,
-            source=DELIVERY_SOURCE,
-            headers=headers,
-            transport="apprise" if channel["kind"] == "apprise" else "http",
+def _channel_message(
+    kind: str,
+    target: str,
+    *,
+    text: str,
+    document: bytes,
+    delivery_id: uuid.UUID | None = None,
+) -> delivery.NewDelivery:
+    """A message to a channel as the delivery loop sends it: an Apprise channel (chat, e-mail)
+    gets the `text` a person reads, a webhook the JSON `document`, signed as it leaves."""
+    new_id = delivery_id or uuid.uuid4()
+    if kind == "apprise":
+        return delivery.NewDelivery(
+            url=target, body=text.encode(), source=DELIVERY_SOURCE, id=new_id, transport="apprise"
         )
+    return delivery.NewDelivery(
+        url=target,
+        body=document,
+        source=DELIVERY_SOURCE,
+        headers={"Content-Type": "application/json"},
+        id=new_id,
+    )
+
+
+async def enqueue_test(pool: Pool, channel: Row, *, text: str, document: bytes) -> uuid.UUID:
+    """Queue one message to the channel, as an alert would be; the delivery's id."""
+    message = _channel_message(channel["kind"], channel["target"], text=text, document=document)
+    async with pool.connection() as conn, conn.transaction():
+        await delivery.enqueue_all(conn, [message])
+    return message.id
 
 
 async def delete_channel(pool: Pool, channel_id: uuid.UUID) -> bool:
@@ -1154,26 +1173,16 @@ class Notification:
 
 def _delivery_of(notification: Notification) -> delivery.NewDelivery:
     channel = notification.channel
-    delivery_id = alerts.delivery_id(notification.alert_id, channel.id)
-    if channel.kind == "apprise":
-        text = alerts.notification_text(
+    return _channel_message(
+        channel.kind,
+        channel.target,
+        text=alerts.notification_text(
             notification.kind, notification.monitor, notification.incident
-        )
-        return delivery.NewDelivery(
-            url=channel.target,
-            body=text.encode(),
-            source=DELIVERY_SOURCE,
-            id=delivery_id,
-            transport="apprise",
-        )
-    return delivery.NewDelivery(
-        url=channel.target,
-        body=alerts.notification_body(
+        ),
+        document=alerts.notification_body(
             notification.kind, notification.monitor, notification.incident, notification.check
         ),
-        source=DELIVERY_SOURCE,
-        headers={"Content-Type": "application/json"},
-        id=delivery_id,
+        delivery_id=alerts.delivery_id(notification.alert_id, channel.id),
     )
 
 
