@@ -1479,7 +1479,7 @@ LAST_CHECK_LOOKBACK = timedelta(days=8)
 
 # Each page's monitors get their last check by one backwards index scan of the primary key
 # each; the search matches the name or the URL, the state filter is the alert state, or
-# "paused". A monitor without a name is called by its URL's host, as alerts.monitor_name does.
+# "paused".
 SELECT_MONITOR_PAGE = """
     SELECT m.id, m.name, m.url, m.method, m.interval_s, m.state, m.paused, m.public,
            m.created_at,
@@ -1489,8 +1489,7 @@ SELECT_MONITOR_PAGE = """
       FROM (SELECT *, count(*) OVER () AS total
               FROM (SELECT id, url, method, interval_s, coalesce(st.state, 'new') AS state,
                            paused, public, created_at,
-                           coalesce(name, substring(url FROM '^[a-z]+://(?:[^/@]*@)?([^/:?#]+)'),
-                                    url) AS name
+                           monitor_display_name(name, url) AS name
                       FROM monitors
                       LEFT JOIN monitor_states AS st ON st.monitor_id = monitors.id) AS named
              WHERE (%(search)s::text IS NULL
@@ -1529,7 +1528,7 @@ COUNT_MONITOR_STATES = """
 # their URL, which may carry a token).
 SELECT_PUBLIC_MONITORS = """
     SELECT id,
-           coalesce(name, substring(url FROM '^[a-z]+://(?:[^/@]*@)?([^/:?#]+)'), url) AS name,
+           monitor_display_name(name, url) AS name,
            CASE WHEN paused THEN 'paused' ELSE coalesce(st.state, 'new') END AS state,
            st.state_since
       FROM monitors
