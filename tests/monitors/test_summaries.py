@@ -5,7 +5,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from errands.core.resources import Resources
-from errands.monitors import store
+from errands.monitors import store, summaries
 from errands.monitors.results import CheckResult, encode_check
 from errands.monitors.sink import store_batch
 
@@ -63,7 +63,7 @@ async def test_a_page_gives_each_monitor_its_state_and_last_check_and_filters_th
         ],
     )
 
-    page = await store.monitor_page(resources.pool, search=None, state=None, limit=10, offset=0)
+    page = await summaries.monitor_page(resources.pool, search=None, state=None, limit=10, offset=0)
     assert page.total == 4
     assert [(m.name, m.state, m.paused) for m in page.monitors] == [
         ("Shop", "up", False),
@@ -76,25 +76,33 @@ async def test_a_page_gives_each_monitor_its_state_and_last_check_and_filters_th
 
     for state, names in [("up", ["Shop"]), ("down", ["api"]), ("new", ["blog"]),
                          ("paused", ["old"])]:  # fmt: skip
-        found = await store.monitor_page(
+        found = await summaries.monitor_page(
             resources.pool, search=None, state=state, limit=10, offset=0
         )
         assert [m.name for m in found.monitors] == names
         assert found.total == 1
-    by_url = await store.monitor_page(
+    by_url = await summaries.monitor_page(
         resources.pool, search="down.EX", state=None, limit=10, offset=0
     )
     assert [m.name for m in by_url.monitors] == ["api"]
-    by_name = await store.monitor_page(resources.pool, search="sho", state=None, limit=10, offset=0)
+    by_name = await summaries.monitor_page(
+        resources.pool, search="sho", state=None, limit=10, offset=0
+    )
     assert [m.name for m in by_name.monitors] == ["Shop"]
-    percent = await store.monitor_page(resources.pool, search="%", state=None, limit=10, offset=0)
+    percent = await summaries.monitor_page(
+        resources.pool, search="%", state=None, limit=10, offset=0
+    )
     assert percent.total == 0, "% is a plain character, not a wildcard"
 
-    second = await store.monitor_page(resources.pool, search=None, state=None, limit=3, offset=3)
+    second = await summaries.monitor_page(
+        resources.pool, search=None, state=None, limit=3, offset=3
+    )
     assert (second.total, len(second.monitors)) == (4, 1)
-    beyond = await store.monitor_page(resources.pool, search=None, state=None, limit=2, offset=8)
+    beyond = await summaries.monitor_page(
+        resources.pool, search=None, state=None, limit=2, offset=8
+    )
     assert (beyond.total, beyond.monitors) == (4, [])
-    assert await store.count_monitor_states(resources.pool) == {
+    assert await summaries.count_monitor_states(resources.pool) == {
         "up": 1, "degraded": 0, "down": 1, "new": 1, "paused": 1,
     }  # fmt: skip
 
@@ -112,10 +120,10 @@ async def test_the_status_page_sees_public_monitors_only_and_their_incidents(
          for m in (public_id, private_id)],
     )  # fmt: skip
 
-    public = await store.public_monitors(resources.pool)
+    public = await summaries.public_monitors(resources.pool)
     assert [(m.id, m.name, m.state) for m in public] == [(public_id, "A", "down")]
-    assert "url" not in store.PublicMonitor.__dataclass_fields__, "never the URL"
-    incidents = await store.recent_incidents(
+    assert "url" not in summaries.PublicMonitor.__dataclass_fields__, "never the URL"
+    incidents = await summaries.recent_incidents(
         resources.pool, [public_id], now - timedelta(days=14), limit=10
     )
     assert [(i.monitor_id, i.state, i.resolved_at) for i in incidents] == [
@@ -135,7 +143,7 @@ async def test_beats_and_figures_come_per_monitor_from_checks_and_rollups(
     old = [check(busy, now - timedelta(days=10, minutes=n), up=False) for n in range(20)]
     await store_batch(resources, [encode_check(result) for result in recent + old])
 
-    beats = await store.recent_beats(resources.pool, [busy, quiet], count=30)
+    beats = await summaries.recent_beats(resources.pool, [busy, quiet], count=30)
     assert beats[quiet] == []
     assert len(beats[busy]) == 30
     assert [beat.checked_at for beat in beats[busy]] == sorted(
@@ -143,18 +151,18 @@ async def test_beats_and_figures_come_per_monitor_from_checks_and_rollups(
     )
     assert [beat.up for beat in beats[busy]][-1] == recent[0].up
 
-    figures = await store.recent_figures(resources.pool, [busy, quiet])
-    assert figures[quiet] == store.RecentFigures(None, None, None)
+    figures = await summaries.recent_figures(resources.pool, [busy, quiet])
+    assert figures[quiet] == summaries.RecentFigures(None, None, None)
     assert figures[busy].uptime_24h_pct == 75.0
     assert figures[busy].uptime_30d_pct == 50.0  # 30 up of 40 recent + 20 old down
     p95 = figures[busy].p95_24h_ms
     assert p95 is not None and 300 <= p95 <= 420
 
-    points = await store.hourly_points(resources.pool, busy, now - timedelta(days=1))
+    points = await summaries.hourly_points(resources.pool, busy, now - timedelta(days=1))
     assert sum(point.checks for point in points) == 40
     assert all(point.avg_ms is not None for point in points)
 
-    days = await store.daily_uptime(
+    days = await summaries.daily_uptime(
         resources.pool, [busy, quiet], (now - timedelta(days=30)).date()
     )
     assert days[quiet] == []

@@ -31,6 +31,7 @@ from errands.core.resources import Resources, get_resources
 from errands.monitors import api as monitors_api
 from errands.monitors import channels as channels_api
 from errands.monitors import store as monitors_store
+from errands.monitors import summaries
 from errands.monitors.maintenance import MaintenanceIn, MaintenanceWindow
 from errands.stats import api as stats_api
 from errands.timers import api as timers_api
@@ -130,7 +131,7 @@ FAILED_DELIVERIES_SHOWN = 5
 
 async def build_overview(request: Request, resources: Resources, viewer: Viewer) -> OverviewPage:
     pool = resources.pool
-    states = await monitors_store.count_monitor_states(pool) if viewer.allows("monitors") else None
+    states = await summaries.count_monitor_states(pool) if viewer.allows("monitors") else None
     routes = None
     if viewer.allows("stats"):
         stats = await stats_api.get_stats(request, resources)
@@ -217,7 +218,7 @@ async def build_monitors_page(
     resources: Resources, *, search: str, state: State | None, page: int
 ) -> MonitorsPage:
     pool = resources.pool
-    listing = await monitors_store.monitor_page(
+    listing = await summaries.monitor_page(
         pool,
         search=search or None,
         state=state,
@@ -225,8 +226,8 @@ async def build_monitors_page(
         offset=(page - 1) * MONITORS_PER_PAGE,
     )
     ids = [monitor.id for monitor in listing.monitors]
-    beats = await monitors_store.recent_beats(pool, ids, HEARTBEAT_SLOTS)
-    figures = await monitors_store.recent_figures(pool, ids)
+    beats = await summaries.recent_beats(pool, ids, HEARTBEAT_SLOTS)
+    figures = await summaries.recent_figures(pool, ids)
     rows = [
         MonitorRow(
             id=monitor.id,
@@ -453,7 +454,7 @@ async def build_monitor_detail(
         points = _slot_averages(checks, since, DAY_SLOT)
         recent = checks[:RECENT_CHECKS_SHOWN]
     else:
-        hours = await monitors_store.hourly_points(resources.pool, monitor_id, since)
+        hours = await summaries.hourly_points(resources.pool, monitor_id, since)
         points = [
             charts.TimePoint(point.hour + timedelta(minutes=30), point.avg_ms) for point in hours
         ]

@@ -16,7 +16,7 @@ from errands.console import charts
 from errands.console.openapi import html_answers
 from errands.console.templating import SECURITY_HEADERS, TEMPLATES
 from errands.core.resources import Resources, get_resources
-from errands.monitors import store as monitors_store
+from errands.monitors import summaries
 
 __all__ = ["StatusIncident", "StatusMonitor", "StatusPage", "build_status_page", "router"]
 
@@ -57,11 +57,11 @@ class StatusPage:
 
 async def build_status_page(resources: Resources) -> StatusPage:
     pool = resources.pool
-    public = await monitors_store.public_monitors(pool)
+    public = await summaries.public_monitors(pool)
     ids = [monitor.id for monitor in public]
     today = datetime.now(UTC).date()
     first_day = today - timedelta(days=DAYS - 1)
-    daily = await monitors_store.daily_uptime(pool, ids, first_day)
+    daily = await summaries.daily_uptime(pool, ids, first_day)
     names = {monitor.id: monitor.name for monitor in public}
     monitors = []
     for monitor in public:
@@ -92,7 +92,7 @@ async def build_status_page(resources: Resources) -> StatusPage:
             incident.started_at,
             incident.resolved_at,
         )
-        for incident in await monitors_store.recent_incidents(pool, ids, since, INCIDENTS_SHOWN)
+        for incident in await summaries.recent_incidents(pool, ids, since, INCIDENTS_SHOWN)
     ]
     troubled = [monitor for monitor in monitors if monitor.state in ("down", "degraded")]
     headline = (
