@@ -462,6 +462,7 @@ async def test_bad_channel_and_window_forms_show_the_page_again_saying_what_is_w
         ("/console/alerts/channels", {"name": "ops", "apprise": "json://a.example/"}, "url"),
         ("/console/alerts/maintenance", {"minutes": "0"}, "minutes"),
         ("/console/alerts/maintenance", {"minutes": "soon"}, "minutes"),
+        ("/console/alerts/maintenance", {"minutes": "9" * 5000}, "minutes"),
     ]
     for path, fields, named in cases:
         refused = await api.post(path, data={"csrf_token": token, **fields})
