@@ -17,7 +17,8 @@
    checker, the sink and the delivery loop in one process with the in-process bus; once all
    are up, 1 in 50 of their targets start answering 503, and each alert's latency is from the
    crossing check's start to the webhook's arrival at a receiver in the targets' process. Then
-   the same through a local Kafka-compatible broker (Tansu) between the checker and the sink.
+   the same through a local Kafka-compatible broker (Tansu) between the checker and the sink,
+   and once more with the sink in a process of its own (`errands sink`).
 6. Catastrophic regexes: /healthz latency of a running API while 40 monitors search a 1 MB page
    with `(a+)+$` every 5 s, beside the same API with no monitors.
 """
@@ -25,14 +26,17 @@
 import argparse
 import asyncio
 import multiprocessing
+import os
 import queue
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -357,7 +361,30 @@ async def wait_for(pool: Pool, query: str, wanted: int, within_s: float) -> None
         await asyncio.sleep(0.2)
 
 
-async def bench_alert_latency(resources: Resources, monitors: int, bus: str) -> list[Figure]:
+@contextmanager
+def sink_process(settings: Settings) -> Iterator[None]:
+    """`errands sink` in a process of its own, on the same database and broker."""
+    env = {
+        **os.environ,
+        "ERRANDS_DATABASE_URL": str(settings.database_url),
+        "ERRANDS_DATA_DIR": str(settings.data_dir),
+        "ERRANDS_KAFKA_BOOTSTRAP_SERVERS": str(settings.kafka_bootstrap_servers),
+        "ERRANDS_KAFKA_TOPIC": settings.kafka_topic,
+        "ERRANDS_KAFKA_ENABLE_IDEMPOTENCE": str(settings.kafka_enable_idempotence).lower(),
+        "ERRANDS_KAFKA_TOPIC_PARTITIONS": str(settings.kafka_topic_partitions),
+        "ERRANDS_LOG_LEVEL": "warning",
+    }
+    sink = subprocess.Popen([sys.executable, "-m", "errands", "sink"], env=env)
+    try:
+        yield
+    finally:
+        sink.send_signal(signal.SIGTERM)
+        sink.wait(30)
+
+
+async def bench_alert_latency(
+    resources: Resources, monitors: int, bus: str, *, separate_sink: bool = False
+) -> list[Figure]:
     first_port = 18700
     interval_s = 10
     hook = f"http://127.0.0.1:{first_port + HOOK_PORT_OFFSET}/hook"
@@ -380,11 +407,14 @@ async def bench_alert_latency(resources: Resources, monitors: int, bus: str) -> 
                 await copy.write_row((monitor_id, channel["id"]))
     stop = asyncio.Event()
     latencies_ms: list[float] = []
-    with targets(first_port) as served:
-        loops = [
-            asyncio.create_task(loop(resources, stop))
-            for loop in (run_checker, run_sink, deliver_webhooks)
-        ]
+    here = (
+        (run_checker, deliver_webhooks)
+        if separate_sink
+        else (run_checker, run_sink, deliver_webhooks)
+    )
+    sink = sink_process(resources.settings) if separate_sink else nullcontext()
+    with targets(first_port) as served, sink:
+        loops = [asyncio.create_task(loop(resources, stop)) for loop in here]
         try:
             checked = "SELECT count(*) FROM monitor_states"
             await wait_for(resources.pool, checked, monitors, 120)
@@ -510,6 +540,17 @@ async def run(args: argparse.Namespace) -> list[Figure]:
                 )
                 async with open_resources(through_kafka) as resources:
                     figures += await bench_alert_latency(resources, args.monitors, "Kafka")
+                # A topic of its own: nothing the run before left unread reaches this sink.
+                separate = through_kafka.model_copy(
+                    update={
+                        "database_url": await fresh_database(server_url),
+                        "kafka_topic": "errands.checks.separate-sink",
+                    }
+                )
+                async with open_resources(separate) as resources:
+                    figures += await bench_alert_latency(
+                        resources, args.monitors, "Kafka, sink process", separate_sink=True
+                    )
         if "regexes" in sections:
             regex_settings = fresh(await fresh_database(server_url))
             figures += await bench_catastrophic_regexes(regex_settings, args.seconds)
