@@ -394,27 +394,32 @@ def _channel_message(
     *,
     text: str,
     document: bytes,
-    delivery_id: uuid.UUID | None = None,
+    delivery_id: uuid.UUID,
 ) -> delivery.NewDelivery:
     """A message to a channel as the delivery loop sends it: an Apprise channel (chat, e-mail)
     gets the `text` a person reads, a webhook the JSON `document`, signed as it leaves."""
-    new_id = delivery_id or uuid.uuid4()
     if kind == "apprise":
         return delivery.NewDelivery(
-            url=target, body=text.encode(), source=DELIVERY_SOURCE, id=new_id, transport="apprise"
+            url=target,
+            body=text.encode(),
+            source=DELIVERY_SOURCE,
+            id=delivery_id,
+            transport="apprise",
         )
     return delivery.NewDelivery(
         url=target,
         body=document,
         source=DELIVERY_SOURCE,
         headers={"Content-Type": "application/json"},
-        id=new_id,
+        id=delivery_id,
     )
 
 
 async def enqueue_test(pool: Pool, channel: Row, *, text: str, document: bytes) -> uuid.UUID:
     """Queue one message to the channel, as an alert would be; the delivery's id."""
-    message = _channel_message(channel["kind"], channel["target"], text=text, document=document)
+    message = _channel_message(
+        channel["kind"], channel["target"], text=text, document=document, delivery_id=uuid.uuid4()
+    )
     async with pool.connection() as conn, conn.transaction():
         await delivery.enqueue_all(conn, [message])
     return message.id
