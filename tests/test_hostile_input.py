@@ -4,7 +4,6 @@
 import asyncio
 import json
 import re
-import warnings
 from collections.abc import AsyncIterator
 
 import hypothesis
@@ -76,16 +75,7 @@ def fuzz(
                 case.call_and_validate(base_url=base_url, checks=CHECKS)
 
             try:
-                with warnings.catch_warnings():
-                    # The app under test runs in this process, and its libraries (psycopg_pool
-                    # jitters each new connection's lifetime) draw from the global `random` on
-                    # another thread; Hypothesis would take that for the strategy's doing.
-                    warnings.filterwarnings(
-                        "ignore",
-                        message="Do not use the `random` module inside strategies",
-                        category=hypothesis.errors.HypothesisDeprecationWarning,
-                    )
-                    call_and_check()
+                call_and_check()
             except hypothesis.errors.Unsatisfiable:
                 continue  # an operation without parameters has no invalid input to send
             # Schemathesis reports check failures as a BaseExceptionGroup; errors of the test
