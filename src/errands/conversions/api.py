@@ -572,12 +572,11 @@ async def list_uploads(
     """Uploads newest first with their status and counts, a page at a time (keyset
     pagination: pages stay consistent while new uploads arrive)."""
     try:
-        after = paging.cursor_position(cursor) if cursor else None
+        page, next_cursor = await store.list_uploads(
+            resources.pool, status=status, limit=limit, cursor=cursor
+        )
     except paging.BadCursor as error:
         raise ErrandsError(str(error)) from None
-    found = await store.list_uploads(resources.pool, status=status, after=after, limit=limit + 1)
-    page = found[:limit]
-    last = page[-1] if len(found) > limit else None
     return UploadList(
         uploads=[
             UploadSummary(
@@ -590,7 +589,7 @@ async def list_uploads(
             )
             for upload in page
         ],
-        next_cursor=paging.page_cursor(last.created_at, last.id) if last else None,
+        next_cursor=next_cursor,
     )
 
 

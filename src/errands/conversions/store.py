@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 
 from errands.conversions.convert import OutputQuota
-from errands.core import claims, delivery
+from errands.core import claims, delivery, paging
 from errands.core.db import Pool
 from errands.core.storage import Storage
 
@@ -472,25 +472,21 @@ LIST_UPLOADS = """
 
 
 async def list_uploads(
-    pool: Pool,
-    *,
-    status: str | None,
-    after: tuple[datetime, uuid.UUID] | None,
-    limit: int,
-) -> list[ListedUpload]:
-    """Uploads newest first, optionally of one status, after the `after` (created_at, id)."""
+    pool: Pool, *, status: str | None, limit: int, cursor: str | None
+) -> tuple[list[ListedUpload], str | None]:
+    """Uploads newest first, optionally of one status: a page and the next page's cursor (None
+    on the last). Raises paging.BadCursor for a cursor that did not come from here."""
+    after_created_at, after_id = paging.cursor_position(cursor) if cursor else (None, None)
+    params = {
+        "status": status,
+        "after_created_at": after_created_at,
+        "after_id": after_id,
+        "limit": limit + 1,
+    }
     async with pool.connection() as conn:
-        cursor = await conn.execute(
-            LIST_UPLOADS,
-            {
-                "status": status,
-                "after_created_at": after[0] if after else None,
-                "after_id": after[1] if after else None,
-                "limit": limit,
-            },
-        )
-        rows = await cursor.fetchall()
-    return [ListedUpload(**row) for row in rows]
+        rows = await (await conn.execute(LIST_UPLOADS, params)).fetchall()
+    page, next_cursor = paging.split_page(rows, limit)
+    return [ListedUpload(**row) for row in page], next_cursor
 
 
 # Every key the upload stored: originals, PNGs and previews.

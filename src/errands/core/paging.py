@@ -7,14 +7,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-__all__ = ["BadCursor", "cursor_position", "page_cursor", "split_page"]
+__all__ = ["BadCursor", "cursor_position", "split_page"]
 
 
 class BadCursor(ValueError):
     """A page cursor that no listing here made."""
 
 
-def page_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
+def _page_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
     """The cursor of the page after the row created at `created_at` with id `row_id`."""
     return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
 
@@ -36,4 +36,4 @@ def split_page(rows: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, A
     if len(rows) <= limit:
         return rows, None
     last = rows[limit - 1]
-    return rows[:limit], page_cursor(last["created_at"], last["id"])
+    return rows[:limit], _page_cursor(last["created_at"], last["id"])
