@@ -617,6 +617,11 @@ async def pause_monitor(
     return _redirect(f"/console/monitors/{monitor_id}")
 
 
+NEW_CHANNEL = {"name": "", "url": ""}
+DEFAULT_HOLD_MINUTES = "60"
+MAX_HOLD_MINUTES = 7 * 24 * 60
+
+
 @dataclass(frozen=True)
 class AlertsPage:
     """Where alerts go and when they are held back, with the forms to add either."""
@@ -627,11 +632,9 @@ class AlertsPage:
     channel_form: dict[str, str]
     hold_minutes: str
     error: str | None = None
+    max_hold_minutes: int = MAX_HOLD_MINUTES
 
 
-NEW_CHANNEL = {"name": "", "url": ""}
-DEFAULT_HOLD_MINUTES = "60"
-MAX_HOLD_MINUTES = 7 * 24 * 60
 CHANNEL_FORM_FIELDS = {"name": {"type": "string"}, "url": {"type": "string"}}
 HOLD_FORM_FIELDS = {"minutes": {"type": "string"}}
 
