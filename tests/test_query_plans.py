@@ -132,6 +132,9 @@ async def hot_query_plans(pool: Pool) -> dict[str, str]:
         "claim monitors": await plan(pool, claim_query("monitors"), claim),
         "claim conversions": await plan(pool, claim_query("upload_files"), claim),
         "timer by id": await plan(pool, timers_store.GET_TIMER, {"id": timer_id}),
+        "timers read together": await plan(
+            pool, timers_store.GET_TIMERS, {"ids": [timer_id, *(uuid.uuid4() for _ in range(31))]}
+        ),
         "checks of a monitor in a range": await plan(
             pool,
             monitors_store.SELECT_RECENT_CHECKS,
@@ -167,6 +170,8 @@ EXPECTED_INDEX = {
     "claim conversions": r"Index Scan using upload_files_due on upload_files upload_files_1",
     "timer by id": r"Index Scan using timers_pkey on timers(.|\n)*deliveries_pkey|"
     r"Index Scan using deliveries_pkey on deliveries(.|\n)*timers_pkey",
+    "timers read together": r"Index Scan (using timers_pkey on timers|on timers_pkey)"
+    r"(.|\n)*deliveries_pkey|Index Scan using deliveries_pkey on deliveries(.|\n)*timers_pkey",
     "checks of a monitor in a range": r"Index Scan (using|on) checks_p\d{8}_pkey",
     "uptime from hourly rollups": r"Index Scan (using|on) check_rollups_pkey",
     "uptime edges from raw checks": r"Index Scan (using|on) checks_p\d{8}_pkey",

@@ -1,4 +1,5 @@
-"""Group commit: many callers' rows written in one statement, each caller told its own result."""
+"""Group commit, and grouped reads: many callers' rows written or read in one statement, each
+caller told its own result."""
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
@@ -11,10 +12,12 @@ Result = TypeVar("Result")
 
 
 class Batcher(Generic[Item, Result]):
-    """Items submitted while a write runs go into the next write, so the database sees one
-    statement per batch however many callers arrive at once. `write` gets the batch and returns
-    one result per item, in order; an error it raises is raised to every caller of the batch.
-    `linger_s` waits that long before each write, to gather callers that arrive close together.
+    """Items submitted while a batch runs go into the next one, so the database sees one
+    statement per batch however many callers arrive at once. `write` (or read) gets the batch
+    and returns one result per item, in order; an error it raises is raised to every caller of
+    the batch. `linger_s` waits that long before each batch, to gather callers that arrive close
+    together. A batch starts after each of its items was submitted, so it sees every write
+    committed before.
     """
 
     def __init__(
@@ -31,7 +34,7 @@ class Batcher(Generic[Item, Result]):
         self._writer: asyncio.Task[None] | None = None
 
     async def submit(self, item: Item) -> Result:
-        """Return `item`'s result once the batch holding it is written."""
+        """Return `item`'s result once the batch holding it is done."""
         result: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, result))
         if self._writer is None or self._writer.done():

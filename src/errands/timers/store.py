@@ -114,6 +114,7 @@ TIMER_VIEW = """
 """
 
 GET_TIMER = TIMER_VIEW + " WHERE t.id = %(id)s"
+GET_TIMERS = TIMER_VIEW + " WHERE t.id = ANY(%(ids)s)"
 
 LIST_TIMERS = (
     TIMER_VIEW
@@ -249,9 +250,26 @@ async def create_timer_once(
     return existing["id"], False
 
 
-async def get_timer(pool: Pool, timer_id: uuid.UUID) -> dict[str, Any] | None:
+async def _read_timers(pool: Pool, timer_ids: list[uuid.UUID]) -> list[dict[str, Any] | None]:
     async with pool.connection() as conn:
-        return await (await conn.execute(GET_TIMER, {"id": timer_id})).fetchone()
+        rows = await (await conn.execute(GET_TIMERS, {"ids": timer_ids})).fetchall()
+    found = {row["id"]: row for row in rows}
+    return [found.get(timer_id) for timer_id in timer_ids]
+
+
+# One batcher per pool, so a process's concurrent reads share a SELECT.
+_readers: "weakref.WeakKeyDictionary[Pool, Batcher[uuid.UUID, dict[str, Any] | None]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def get_timer(pool: Pool, timer_id: uuid.UUID) -> dict[str, Any] | None:
+    """The timer as it is once this call starts, or None. Reads asked for while one SELECT
+    runs share the next one."""
+    reader = _readers.get(pool)
+    if reader is None:
+        reader = _readers[pool] = Batcher(functools.partial(_read_timers, pool), name="timers:read")
+    return await reader.submit(timer_id)
 
 
 async def list_timers(
