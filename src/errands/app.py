@@ -41,6 +41,7 @@ from errands.monitors.badges import router as badges_router
 from errands.monitors.channels import router as channels_router
 from errands.stats.api import router as stats_router
 from errands.stats.recorder import StatsRecorder, flush_stats_until
+from errands.timers.api import read_timer_route
 from errands.timers.api import router as timers_router
 from errands.titles.api import previews_router
 from errands.titles.api import router as titles_router
@@ -183,6 +184,7 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
             return JSONResponse({"status": "kafka unreachable", "kafka": kafka}, status_code=503)
         return JSONResponse({"status": "ready", "kafka": kafka})
 
+    app.router.routes.append(read_timer_route)  # ahead of FastAPI's routes: see core/routing.py
     for router in (
         titles_router,
         previews_router,

@@ -11,6 +11,7 @@ import pytest
 
 from errands.config import Settings
 from errands.core.db import Pool
+from errands.timers.api import TimerView
 from tests.fixtures.app import serve_app
 from tests.fixtures.targets import TargetServer
 
@@ -137,6 +138,41 @@ async def test_unknown_or_malformed_id_is_not_a_server_error(api: httpx.AsyncCli
         assert str(unknown) in response.json()["detail"]
         assert (await api.request(method, "/timer/not-a-uuid")).status_code == 422
         assert (await api.request(method, "/timer/" + "9" * 300)).status_code == 422
+
+
+async def test_a_timer_reads_the_same_however_its_id_is_spelled(api: httpx.AsyncClient) -> None:
+    created = (await api.post("/timer", json={"minutes": 2, "url": HOOK})).json()
+    await api.delete(f"/timer/{created['id']}")  # time_left stays 0 between the reads
+    timer_id, unknown = uuid.UUID(created["id"]), uuid.uuid4()
+
+    # As the API writes ids (served ahead of FastAPI), and as clients may send them.
+    for id_of in (str, lambda value: str(value).upper(), lambda value: value.hex):
+        found = await api.get(f"/timer/{id_of(timer_id)}")
+        missing = await api.get(f"/timer/{id_of(unknown)}")
+
+        assert found.status_code == 200
+        assert found.headers["content-type"] == "application/json"
+        assert found.json() == {**found.json(), "id": str(timer_id), "status": "cancelled"}
+        assert list(found.json()) == list(TimerView.model_fields)
+        assert missing.status_code == 404
+        assert missing.json() == {"detail": f"no timer with id {unknown}"}
+        assert found.content == (await api.get(f"/timer/{timer_id}")).content
+
+
+async def test_timers_read_at_once_each_get_their_own(api: httpx.AsyncClient) -> None:
+    created = [
+        (await api.post("/timer", json={"minutes": minutes, "url": f"{HOOK}/{minutes}"})).json()
+        for minutes in range(1, 21)
+    ]
+    ids = [timer["id"] for timer in created] + [str(uuid.uuid4()) for _ in range(20)]
+
+    # Reads that arrive together share one SELECT; each caller still gets its own row.
+    answers = await asyncio.gather(*(api.get(f"/timer/{timer_id}") for timer_id in ids))
+
+    for minutes, answer in enumerate(answers[:20], start=1):
+        assert answer.status_code == 200
+        assert answer.json()["url"] == f"{HOOK}/{minutes}"
+    assert [answer.status_code for answer in answers[20:]] == [404] * 20
 
 
 async def test_private_targets_are_refused_unless_allowed(settings: Settings) -> None:

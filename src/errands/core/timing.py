@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
-from fastapi.routing import APIRoute
 from prometheus_client import Gauge
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["FinishedRequest", "RequestObserver", "RequestTimingMiddleware"]
@@ -70,7 +70,7 @@ class RequestTimingMiddleware:
                 finished = FinishedRequest(
                     method=scope["method"],
                     path=scope["path"],
-                    route=route.path if isinstance(route, APIRoute) else None,
+                    route=route.path_format if isinstance(route, Route) else None,
                     status=status,
                     duration_s=time.perf_counter() - started,
                 )

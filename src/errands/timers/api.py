@@ -8,12 +8,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
 
 from errands.core.errors import Conflict, NotFound, Unprocessable
 from errands.core.http import BlockedTarget
 from errands.core.openapi import answer
 from errands.core.paging import BadCursor
 from errands.core.resources import Resources, get_resources
+from errands.core.routing import PlainRoute
 from errands.core.validation import RequestBody
 from errands.timers import store
 from errands.timers.schedules_api import router as schedules_router
@@ -26,10 +29,12 @@ __all__ = [
     "TimerRequest",
     "TimerReschedule",
     "TimerView",
+    "read_timer_route",
     "router",
 ]
 
-router = APIRouter(tags=["timers"])
+TAGS = ["timers"]  # also the API key scope these routes need
+router = APIRouter(tags=list(TAGS))
 router.include_router(schedules_router)
 
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -305,6 +310,18 @@ async def list_timers(
 async def get_timer(timer_id: uuid.UUID, resources: ResourcesDep) -> dict[str, object]:
     """A timer's seconds left (0 once expired) and how its webhook went."""
     return await _timer_or_404(resources, timer_id)
+
+
+async def _read_timer(request: Request) -> Response:
+    timer = await _timer_or_404(request.app.state.resources, request.path_params["timer_id"])
+    return Response(
+        TimerView.model_validate(timer).model_dump_json(), media_type="application/json"
+    )
+
+
+# GET /timer/{id}, which clients poll, for ids spelled as this API writes them; get_timer
+# answers the other spellings and documents the route.
+read_timer_route = PlainRoute("/timer/{timer_id:uuid}", _read_timer, methods=["GET"], tags=TAGS)
 
 
 @router.get(
