@@ -91,6 +91,9 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
         lifespan=lifespan,
         static_url=DOCS_ASSETS_PATH,
         swagger_ui_parameters={"persistAuthorization": True},
+        # Requests are timed once, by RequestTimingMiddleware; FastAPI's OpenTelemetry hooks
+        # would look up their providers on every request for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # Outermost last: every request gets an id and is timed once for the log, the stats and
     # Prometheus, then its key and body size are checked before any route reads it.

@@ -1,8 +1,8 @@
 """One timing point per request: the outermost middleware gives each request its id, times it
 once, and hands what it saw to the request log, the usage stats and Prometheus."""
 
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -44,7 +44,7 @@ class RequestTimingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        request_id = _incoming_request_id(scope) or secrets.token_hex(16)
         status = 500
         started = time.perf_counter()
 
