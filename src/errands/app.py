@@ -33,6 +33,7 @@ from errands.core.limits import BodyLimitMiddleware
 from errands.core.logging import log_request
 from errands.core.metrics import HTTP_REQUESTS_IN_PROGRESS, record_request, serve_metrics_route
 from errands.core.resources import open_resources
+from errands.core.routing import add_routes
 from errands.core.timing import RequestTimingMiddleware
 from errands.core.validation import render_validation_error
 from errands.loops import run_loops
@@ -43,6 +44,7 @@ from errands.stats.api import router as stats_router
 from errands.stats.recorder import StatsRecorder, flush_stats_until
 from errands.timers.api import read_timer_route
 from errands.timers.api import router as timers_router
+from errands.timers.schedules_api import router as schedules_router
 from errands.titles.api import previews_router
 from errands.titles.api import router as titles_router
 
@@ -193,12 +195,13 @@ def create_app(settings: Settings, *, loops: Sequence[str] = ()) -> FastAPI:
         previews_router,
         stats_router,
         timers_router,
+        schedules_router,
         conversions_router,
         monitors_router,
         channels_router,
         badges_router,
     ):
-        app.include_router(router)
+        add_routes(app, router)
     mount_console(app)
     return app
 

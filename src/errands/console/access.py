@@ -21,6 +21,7 @@ from errands.console.session import (
 from errands.console.templating import SECURITY_HEADERS, render, static_files
 from errands.core.errors import NotFound
 from errands.core.resources import Resources, get_resources
+from errands.core.routing import add_routes
 
 __all__ = ["SignInPage", "mount_console", "router"]
 
@@ -172,6 +173,6 @@ async def _send_to_sign_in(request: Request, error: SignInNeeded) -> RedirectRes
 def mount_console(app: FastAPI) -> None:
     """Serve the console's pages, the status page and their error pages on `app`."""
     for console_router in (pages.router, status.router, router):
-        app.include_router(console_router)
+        add_routes(app, console_router)
     app.add_exception_handler(PageError, _show_page_error)  # type: ignore[arg-type]
     app.add_exception_handler(SignInNeeded, _send_to_sign_in)  # type: ignore[arg-type]

@@ -1,21 +1,32 @@
-"""Plain Starlette routes for the reads clients poll most, matched ahead of FastAPI's routes.
+"""How routes reach the app, at the least cost per request.
 
-FastAPI's work per request (matching through included routers, solving dependencies,
-validating the answer) costs a one-row read more than the read itself. A `PlainRoute` is a
-Starlette route put first in the app's routes. Its path takes only the canonical spelling of
-its parameters (a Starlette convertor: `{id:uuid}` is a lower-case hyphenated UUID, as the API
+FastAPI's `include_router` keeps each router as a branch of the app's routes, which every
+request walks whole (to see whether it changed) and matches twice; the feature routers take no
+include-time options, so `add_routes` puts their routes on the app itself instead.
+
+FastAPI's work per request (solving dependencies, validating the answer) still costs a one-row
+read more than the read itself. A `PlainRoute` is a Starlette route put ahead of FastAPI's
+routes for the reads clients poll most. Its path takes only the canonical spelling of its
+parameters (a Starlette convertor: `{id:uuid}` is a lower-case hyphenated UUID, as the API
 writes ids), so any other request goes on to the FastAPI route of the same path, which
 documents it in the schema and validates what it is sent.
 """
 
 from collections.abc import Awaitable, Callable, Sequence
 
+from fastapi import APIRouter, FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["PlainRoute"]
+__all__ = ["PlainRoute", "add_routes"]
+
+
+def add_routes(app: FastAPI, router: APIRouter) -> None:
+    """Serve `router`'s routes from the app itself; they carry their router's tags, responses
+    and dependencies already."""
+    app.router.routes.extend(router.routes)
 
 
 class PlainRoute(Route):

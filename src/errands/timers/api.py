@@ -19,7 +19,6 @@ from errands.core.resources import Resources, get_resources
 from errands.core.routing import PlainRoute
 from errands.core.validation import RequestBody
 from errands.timers import store
-from errands.timers.schedules_api import router as schedules_router
 from errands.timers.webhook_options import WebhookOptions
 
 __all__ = [
@@ -35,7 +34,6 @@ __all__ = [
 
 TAGS = ["timers"]  # also the API key scope these routes need
 router = APIRouter(tags=list(TAGS))
-router.include_router(schedules_router)
 
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 
