@@ -185,7 +185,10 @@ async def open_pool(
 ) -> AsyncIterator[Pool]:
     """An autocommit pool of dict-row connections; open transactions explicitly. A caller waits
     at most `timeout_s` for a connection, then gets `PoolTimeout` (an `OperationalError`), and
-    is done with it within `deadline_s`, else gets `DatabaseTimeout` (one too)."""
+    is done with it within `deadline_s`, else gets `DatabaseTimeout` (one too).
+
+    Array parameters (a batch's columns for `unnest`) are sent binary, `%(ids)b::uuid[]`:
+    psycopg dumps them about four times faster than as text."""
     statement_timeout_ms = max(round(deadline_s * 1000), 1)
     pool = Pool(
         url,

@@ -36,7 +36,7 @@ REGISTER_RETRY_S = 5.0
 # effect at once rather than after the longer one.
 ENSURE_SWEEPS = """
     INSERT INTO sweeps (name, due_at)
-    SELECT name, now() FROM unnest(%(names)s::text[]) AS name
+    SELECT name, now() FROM unnest(%(names)b::text[]) AS name
         ON CONFLICT (name) DO UPDATE
        SET due_at = LEAST(sweeps.due_at, now() + %(interval)s)
 """

@@ -194,7 +194,7 @@ RESCHEDULE_CHECKED = """
            ),
            lease_owner = NULL,
            lease_until = NULL
-      FROM unnest(%(ids)s::uuid[], %(due_ats)s::timestamptz[]) AS checked(id, due_at)
+      FROM unnest(%(ids)b::uuid[], %(due_ats)b::timestamptz[]) AS checked(id, due_at)
      WHERE monitors.id = checked.id
        AND monitors.due_at = checked.due_at
        AND monitors.lease_owner = %(owner)s
@@ -456,7 +456,7 @@ DELETE_WINDOW = """
 SELECT_WINDOWS_OF = """
     SELECT id, monitor_ids, starts_at, ends_at, cron, duration_s, created_at
       FROM maintenance_windows
-     WHERE (monitor_ids IS NULL OR monitor_ids && %(monitor_ids)s::uuid[])
+     WHERE (monitor_ids IS NULL OR monitor_ids && %(monitor_ids)b::uuid[])
        AND starts_at < %(until)s
        AND (ends_at IS NULL OR ends_at > %(since)s)
 """
@@ -760,7 +760,7 @@ STORE_STAGED = """
                min(response_time_ms),
                max(response_time_ms),
                latency_histogram(
-                   width_bucket(response_time_ms::float8, %(bounds)s::float8[]),
+                   width_bucket(response_time_ms::float8, %(bounds)b::float8[]),
                    %(histogram_size)s
                )
           FROM inserted
@@ -931,9 +931,9 @@ FIRST_STATES = """
            tls_warned_for
     )
     SELECT *
-      FROM unnest(%(ids)s::uuid[], %(states)s::text[], %(state_sinces)s::timestamptz[],
-                  %(pending_states)s::text[], %(pending_checks)s::integer[],
-                  %(pending_sinces)s::timestamptz[], %(tls_warned_for)s::timestamptz[])
+      FROM unnest(%(ids)b::uuid[], %(states)b::text[], %(state_sinces)b::timestamptz[],
+                  %(pending_states)b::text[], %(pending_checks)b::integer[],
+                  %(pending_sinces)b::timestamptz[], %(tls_warned_for)b::timestamptz[])
         ON CONFLICT (monitor_id) DO NOTHING
  RETURNING monitor_id
 """
@@ -946,11 +946,11 @@ FLIP_STATES = """
            pending_checks = n.pending_checks,
            pending_since = n.pending_since,
            tls_warned_for = coalesce(n.tls_warned_for, m.tls_warned_for)
-      FROM unnest(%(ids)s::uuid[], %(old_states)s::text[], %(old_pending_states)s::text[],
-                  %(old_pending_checks)s::integer[], %(states)s::text[],
-                  %(state_sinces)s::timestamptz[], %(pending_states)s::text[],
-                  %(pending_checks)s::integer[], %(pending_sinces)s::timestamptz[],
-                  %(tls_warned_for)s::timestamptz[])
+      FROM unnest(%(ids)b::uuid[], %(old_states)b::text[], %(old_pending_states)b::text[],
+                  %(old_pending_checks)b::integer[], %(states)b::text[],
+                  %(state_sinces)b::timestamptz[], %(pending_states)b::text[],
+                  %(pending_checks)b::integer[], %(pending_sinces)b::timestamptz[],
+                  %(tls_warned_for)b::timestamptz[])
            AS n(id, old_state, old_pending_state, old_pending_checks, state, state_since,
                 pending_state, pending_checks, pending_since, tls_warned_for)
      WHERE m.monitor_id = n.id
@@ -978,24 +978,24 @@ SELECT_CHANNELS_OF = """
 RESOLVE_INCIDENTS = """
     UPDATE incidents
        SET resolved_at = resolved.at
-      FROM unnest(%(ids)s::uuid[], %(resolved_at)s::timestamptz[]) AS resolved(id, at)
+      FROM unnest(%(ids)b::uuid[], %(resolved_at)b::timestamptz[]) AS resolved(id, at)
      WHERE incidents.id = resolved.id
 """
 
 INSERT_INCIDENTS = """
     INSERT INTO incidents (id, monitor_id, state, cause, started_at, resolved_at)
     SELECT *
-      FROM unnest(%(ids)s::uuid[], %(monitor_ids)s::uuid[], %(states)s::text[],
-                  %(causes)s::text[], %(started_at)s::timestamptz[],
-                  %(resolved_at)s::timestamptz[])
+      FROM unnest(%(ids)b::uuid[], %(monitor_ids)b::uuid[], %(states)b::text[],
+                  %(causes)b::text[], %(started_at)b::timestamptz[],
+                  %(resolved_at)b::timestamptz[])
 """
 
 INSERT_ALERTS = """
     INSERT INTO alerts (id, monitor_id, incident_id, check_id, type, from_state, to_state, held)
     SELECT *
-      FROM unnest(%(ids)s::uuid[], %(monitor_ids)s::uuid[], %(incident_ids)s::uuid[],
-                  %(check_ids)s::uuid[], %(types)s::text[], %(from_states)s::text[],
-                  %(to_states)s::text[], %(held)s::boolean[])
+      FROM unnest(%(ids)b::uuid[], %(monitor_ids)b::uuid[], %(incident_ids)b::uuid[],
+                  %(check_ids)b::uuid[], %(types)b::text[], %(from_states)b::text[],
+                  %(to_states)b::text[], %(held)b::boolean[])
 """
 
 

@@ -150,7 +150,7 @@ SELECT_PUBLIC_MONITORS = """
 SELECT_RECENT_INCIDENTS = """
     SELECT i.monitor_id, i.state, i.cause, i.started_at, i.resolved_at
       FROM incidents AS i
-     WHERE i.monitor_id = ANY(%(ids)s::uuid[])
+     WHERE i.monitor_id = ANY(%(ids)b::uuid[])
        AND (i.resolved_at IS NULL OR i.resolved_at >= %(since)s)
      ORDER BY i.started_at DESC
      LIMIT %(limit)s
@@ -158,7 +158,7 @@ SELECT_RECENT_INCIDENTS = """
 
 SELECT_BEATS = """
     SELECT ids.id AS monitor_id, beat.checked_at, beat.up, beat.response_time_ms
-      FROM unnest(%(ids)s::uuid[]) AS ids(id)
+      FROM unnest(%(ids)b::uuid[]) AS ids(id)
       JOIN LATERAL (
                SELECT c.checked_at, c.up, c.response_time_ms
                  FROM checks AS c
@@ -187,7 +187,7 @@ SELECT_RECENT_FIGURES = """
                      GROUP BY position) AS summed
            ) AS histogram_24h
       FROM check_rollups AS r
-     WHERE r.monitor_id = ANY(%(ids)s::uuid[])
+     WHERE r.monitor_id = ANY(%(ids)b::uuid[])
        AND r.hour >= %(month_ago)s
      GROUP BY r.monitor_id
 """
@@ -207,7 +207,7 @@ SELECT_DAILY_UPTIME = """
            sum(checks)::integer AS checks,
            sum(up)::integer AS up
       FROM check_rollups
-     WHERE monitor_id = ANY(%(ids)s::uuid[])
+     WHERE monitor_id = ANY(%(ids)b::uuid[])
        AND hour >= %(since)s
      GROUP BY monitor_id, day
      ORDER BY monitor_id, day

@@ -62,7 +62,7 @@ _DELIVERY_STATUS: dict[TimerStatus, deliveries.Status] = {
 INSERT_TIMERS = """
     INSERT INTO timers (id, url, fire_at)
     SELECT new.id, new.url, new.fire_at
-      FROM unnest(%(ids)s::uuid[], %(urls)s::text[], %(fire_at)s::timestamptz[])
+      FROM unnest(%(ids)b::uuid[], %(urls)b::text[], %(fire_at)b::timestamptz[])
            AS new (id, url, fire_at)
 """
 
@@ -114,7 +114,7 @@ TIMER_VIEW = """
 """
 
 GET_TIMER = TIMER_VIEW + " WHERE t.id = %(id)s"
-GET_TIMERS = TIMER_VIEW + " WHERE t.id = ANY(%(ids)s)"
+GET_TIMERS = TIMER_VIEW + " WHERE t.id = ANY(%(ids)b::uuid[])"
 
 LIST_TIMERS = (
     TIMER_VIEW

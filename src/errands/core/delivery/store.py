@@ -44,9 +44,9 @@ INSERT_DELIVERIES = """
                             scheduled_at, due_at)
     SELECT new.id, new.source, new.transport, new.url, new.method, new.headers, new.body,
            coalesce(new.due_at, now()), coalesce(new.due_at, now())
-      FROM unnest(%(ids)s::uuid[], %(sources)s::text[], %(transports)s::text[], %(urls)s::text[],
-                  %(methods)s::text[], %(headers)s::jsonb[], %(bodies)s::bytea[],
-                  %(due_at)s::timestamptz[])
+      FROM unnest(%(ids)b::uuid[], %(sources)b::text[], %(transports)b::text[], %(urls)b::text[],
+                  %(methods)b::text[], %(headers)b::jsonb[], %(bodies)b::bytea[],
+                  %(due_at)b::timestamptz[])
            AS new (id, source, transport, url, method, headers, body, due_at)
 """
 
@@ -55,9 +55,9 @@ INSERT_DELIVERIES = """
 RECORD_ATTEMPTS = """
     WITH outcome AS (
         SELECT *
-          FROM unnest(%(ids)s::uuid[], %(results)s::text[], %(attempted_at)s::timestamptz[],
-                      %(status_codes)s::integer[], %(latency_ms)s::float8[], %(errors)s::text[],
-                      %(retry_in_s)s::float8[])
+          FROM unnest(%(ids)b::uuid[], %(results)b::text[], %(attempted_at)b::timestamptz[],
+                      %(status_codes)b::integer[], %(latency_ms)b::float8[], %(errors)b::text[],
+                      %(retry_in_s)b::float8[])
                AS o (id, result, attempted_at, status_code, latency_ms, error, retry_in_s)
     ), recorded AS (
         UPDATE deliveries AS d
@@ -96,7 +96,7 @@ DEFER = """
        SET due_at = now() + later.delay_s * interval '1 second',
            lease_owner = NULL,
            lease_until = NULL
-      FROM unnest(%(ids)s::uuid[], %(delays_s)s::float8[]) AS later (id, delay_s)
+      FROM unnest(%(ids)b::uuid[], %(delays_s)b::float8[]) AS later (id, delay_s)
      WHERE d.id = later.id
        AND d.lease_owner = %(owner)s
 """
