@@ -28,7 +28,6 @@ from errands.core.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
-from errands.core.http import BlockedTarget
 from errands.core.resources import Resources, get_resources
 from errands.core.storage import (
     InvalidKey,
@@ -38,7 +37,7 @@ from errands.core.storage import (
     Writer,
     check_key,
 )
-from errands.core.validation import check_http_url
+from errands.core.validation import check_http_url, check_target
 
 __all__ = [
     "FileView",
@@ -417,10 +416,7 @@ def check_callback_url(resources: Resources, url: str) -> None:
         check_http_url(url, field="callback_url")
     except ValueError as error:
         raise Unprocessable(str(error)) from None
-    try:
-        resources.http.check_url(url)
-    except BlockedTarget as error:
-        raise Unprocessable(f"callback_url is not allowed: {error}") from None
+    check_target(resources.http, url, field="callback_url")
 
 
 UPLOAD_BODY_DOC = {

@@ -11,11 +11,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import ErrorDetails
 
+from errands.core.errors import Unprocessable
+from errands.core.http import BlockedTarget, GuardedClient
+
 __all__ = [
     "MAX_ITEMS_PER_LIST",
     "MAX_REPORTED_PROBLEMS",
     "RequestBody",
     "check_http_url",
+    "check_target",
     "describe_problems",
     "render_validation_error",
 ]
@@ -59,6 +63,18 @@ def check_http_url(url: str, field: str = "url") -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{field} must be an http:// or https:// URL with a host")
     return url
+
+
+def check_target(http: GuardedClient, url: str, *, field: str = "url", tcp: bool = False) -> None:
+    """A 422 naming `field` unless the guarded client may send to `url` (a private address only
+    where private targets are allowed); with `tcp`, a `tcp://host:port` target is one too."""
+    try:
+        if tcp and url.startswith("tcp://"):
+            http.check_tcp_target(url)
+        else:
+            http.check_url(url)
+    except BlockedTarget as error:
+        raise Unprocessable(f"{field} is not allowed: {error}") from None
 
 
 def _has_unstorable_text_or_long_list(data: Any) -> bool:

@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from errands.core.auth import ApiKey
 from errands.core.delivery import apprise_transport
 from errands.core.errors import ErrandsError, NotFound, Unprocessable
-from errands.core.http import BlockedTarget, masked_url
+from errands.core.http import masked_url
 from errands.core.resources import Resources, get_resources
-from errands.core.validation import RequestBody
+from errands.core.validation import RequestBody, check_target
 from errands.monitors import store
 
 __all__ = ["ChannelIn", "ChannelOut", "Forbidden", "TestSent", "apprise_url_shown", "router"]
@@ -131,10 +131,7 @@ async def create_channel(body: ChannelIn, request: Request, resources: Resources
     """A webhook receives each alert as signed JSON `{"type", "monitor", "incident", "check"}`;
     an Apprise channel receives it as a line of text."""
     if body.url is not None:
-        try:
-            resources.http.check_url(body.url)
-        except BlockedTarget as error:
-            raise Unprocessable(f"invalid url: {error}") from None
+        check_target(resources.http, body.url)
         row = await store.create_channel(
             resources.pool, name=body.name, kind="webhook", target=body.url
         )

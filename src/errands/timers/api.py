@@ -12,12 +12,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from errands.core.errors import Conflict, NotFound, Unprocessable
-from errands.core.http import BlockedTarget
 from errands.core.openapi import answer
 from errands.core.paging import BadCursor
 from errands.core.resources import Resources, get_resources
 from errands.core.routing import PlainRoute
-from errands.core.validation import RequestBody
+from errands.core.validation import RequestBody, check_target
 from errands.timers import store
 from errands.timers.webhook_options import WebhookOptions
 
@@ -220,10 +219,7 @@ async def create_timer(
             f"the timer is {total_s} seconds long; the longest allowed is "
             f"{settings.timer_max_total_s} seconds"
         )
-    try:
-        resources.http.check_url(request.url)
-    except BlockedTarget as error:
-        raise Unprocessable(f"url is not allowed: {error}") from None
+    check_target(resources.http, request.url)
     timer = store.NewTimer(
         url=request.url,
         delay_s=total_s,

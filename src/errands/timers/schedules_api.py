@@ -9,10 +9,9 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from errands.core.errors import NotFound, Unprocessable
-from errands.core.http import BlockedTarget
 from errands.core.paging import BadCursor
 from errands.core.resources import Resources, get_resources
-from errands.core.validation import RequestBody, check_http_url
+from errands.core.validation import RequestBody, check_http_url, check_target
 from errands.timers import store
 from errands.timers.schedules import check_cron, check_timezone, next_occurrence
 from errands.timers.webhook_options import (
@@ -171,13 +170,6 @@ class SchedulePage(BaseModel):
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-def _check_target(resources: Resources, url: str) -> None:
-    try:
-        resources.http.check_url(url)
-    except BlockedTarget as error:
-        raise Unprocessable(f"url is not allowed: {error}") from None
-
-
 def _upcoming(row: dict[str, Any], now: datetime) -> datetime:
     return next_occurrence(
         cron=row["cron"], timezone=row["timezone"], every_s=row["every_s"], anchor=now, after=now
@@ -194,7 +186,7 @@ def _upcoming(row: dict[str, Any], now: datetime) -> datetime:
 async def create_schedule(request: ScheduleRequest, resources: ResourcesDep) -> dict[str, Any]:
     """Send a webhook at every occurrence of a cron expression (in a time zone) or every N
     seconds. Occurrences missed while no worker ran fire once when one starts."""
-    _check_target(resources, request.url)
+    check_target(resources.http, request.url)
     schedule_id = uuid.uuid4()
     async with resources.pool.connection() as conn:
         now = await store.database_now(conn)
@@ -256,7 +248,7 @@ async def change_schedule(
 ) -> dict[str, Any]:
     """Change when or where a schedule fires; its next occurrence is worked out again from now."""
     if change.url is not None:
-        _check_target(resources, change.url)
+        check_target(resources.http, change.url)
     given = change.model_fields_set
 
     def changed(current: dict[str, Any], now: datetime) -> dict[str, Any]:
