@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from errands.core.db import Pool
 from errands.core.resources import Resources
 from errands.monitors.results import CheckResult, encode_check
 from errands.monitors.sink import store_batch
@@ -52,8 +53,8 @@ async def test_a_monitor_is_created_listed_read_changed_and_deleted(
     [
         ({"url": "https://example.com/", "interval_s": 4}, "greater than or equal to 5"),
         ({"url": "https://example.com/", "interval_s": 60, "regex": "(unclosed"}, "invalid regex"),
-        ({"url": "ftp://example.com/", "interval_s": 60}, "invalid url"),
-        ({"url": "not a url", "interval_s": 60}, "invalid url"),
+        ({"url": "ftp://example.com/", "interval_s": 60}, "url is not allowed"),
+        ({"url": "not a url", "interval_s": 60}, "url is not allowed"),
         ({"url": "https://example.com/", "interval_s": 60, "method": "POST"}, "GET"),
         (
             {"url": "https://example.com/", "interval_s": 60, "method": "HEAD", "regex": "x"},
@@ -111,7 +112,32 @@ async def test_a_blocked_address_is_refused_when_private_targets_are_not_allowed
             "/monitors", json={"url": "http://127.0.0.1/", "interval_s": 60}
         )
     assert response.status_code == 422
-    assert "invalid url" in response.json()["detail"]
+    assert "url is not allowed" in response.json()["detail"]
+
+
+async def test_a_monitor_without_a_name_is_called_by_its_host_alone(
+    api: httpx.AsyncClient, pool: Pool
+) -> None:
+    url = "HTTPS://ops:s3cret@Status.Example.com:8443/health"
+    created = await api.post("/monitors", json={"url": url, "interval_s": 60, "public": True})
+
+    assert created.status_code == 201, created.text
+    assert created.json()["name"] == "status.example.com"
+    assert [m["name"] for m in (await api.get("/monitors")).json()] == ["status.example.com"]
+    status_page = await api.get("/status")
+    assert "status.example.com" in status_page.text
+    assert "s3cret" not in status_page.text
+    # The API, the console, the status page and the alerts share this one rule.
+    async with pool.connection() as conn:
+        for name, other_url, shown in (
+            (None, "http://[::1]:8080/", "[::1]"),
+            (None, "tcp://DB.internal:5432", "db.internal"),
+            ("API", "https://u:p@x.example/", "API"),
+        ):
+            cursor = await conn.execute(
+                "SELECT monitor_display_name(%s, %s) AS shown", (name, other_url)
+            )
+            assert await cursor.fetchone() == {"shown": shown}
 
 
 async def test_the_same_url_twice_is_a_conflict(api: httpx.AsyncClient) -> None:

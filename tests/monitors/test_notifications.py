@@ -243,7 +243,13 @@ def test_each_alert_has_one_delivery_id_per_channel() -> None:
 
 @pytest.mark.parametrize("state", ["up", "down"])
 def test_an_apprise_message_says_what_happened(state: str) -> None:
-    monitor = {"id": uuid.uuid4(), "name": None, "url": "https://u:p@example.com/", "state": state}
+    # Named as the store names it: monitor_display_name(), tested in tests/monitors/test_api.py.
+    monitor = {
+        "id": uuid.uuid4(),
+        "name": "example.com",
+        "url": "https://u:p@example.com/",
+        "state": state,
+    }
     text = alerts.notification_text(f"monitor.{state}", monitor, None)  # type: ignore[arg-type]
     assert f"example.com is {state}" in text or "up again" in text
     assert "u:p" not in text

@@ -132,7 +132,7 @@ async def test_an_invalid_site_changes_nothing(resources: Resources, tmp_path: P
     path.write_text(
         "- {url: 'https://a.test/', interval_s: 60}\n- {url: 'gopher://b.test/', interval_s: 60}\n"
     )
-    with pytest.raises(SitesFileError, match="invalid url"):
+    with pytest.raises(SitesFileError, match="url is not allowed"):
         await sync_sites(resources, read_sites(path))
     assert await monitors(resources.settings) == {}
 

@@ -11,8 +11,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from yarl import URL
-
 from errands.core.http import masked_url
 
 __all__ = [
@@ -29,7 +27,6 @@ __all__ = [
     "alert_type",
     "cause_of",
     "delivery_id",
-    "monitor_name",
     "notification_body",
     "notification_text",
 ]
@@ -43,16 +40,6 @@ _RANK: dict[str, int] = {"new": 0, "up": 0, "degraded": 1, "down": 2}
 # Alert and delivery ids are derived from the check (and channel), so a check stored twice, or a
 # delivery row written twice, can only ever be the same row.
 _NAMESPACE = uuid.UUID("5b0f2c55-6a43-4d3c-9a53-3f2f7c4f0a11")
-
-
-def monitor_name(monitor: dict[str, Any]) -> str:
-    """The monitor's name, or else its URL's host."""
-    if monitor["name"]:
-        return str(monitor["name"])
-    try:
-        return URL(monitor["url"]).host or masked_url(monitor["url"])
-    except (ValueError, TypeError):
-        return masked_url(monitor["url"])
 
 
 @dataclass(frozen=True)
@@ -180,7 +167,7 @@ def notification_body(
         "type": kind,
         "monitor": {
             "id": str(monitor["id"]),
-            "name": monitor_name(monitor),
+            "name": monitor["name"],
             "url": masked_url(monitor["url"]),
             "state": monitor["state"],
         },
@@ -202,7 +189,7 @@ def notification_body(
 
 def notification_text(kind: AlertType, monitor: dict[str, Any], incident: Incident | None) -> str:
     """The message an Apprise channel (chat, e-mail) shows a person."""
-    name = monitor_name(monitor)
+    name = monitor["name"]
     if kind == "monitor.tls_expiring":
         return f"{name}: its TLS certificate expires soon ({masked_url(monitor['url'])})"
     if kind == "monitor.up":

@@ -11,12 +11,11 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from errands.core.errors import Conflict, NotFound, Unprocessable
-from errands.core.http import BlockedTarget, GuardedClient, masked_url
+from errands.core.http import GuardedClient, masked_url
 from errands.core.openapi import answer
 from errands.core.resources import Resources, get_resources
-from errands.core.validation import RequestBody
+from errands.core.validation import RequestBody, check_target
 from errands.monitors import maintenance, store
-from errands.monitors.alerts import monitor_name
 from errands.monitors.results import DEFAULT_EXPECTED_STATUS, parse_expected_status
 
 __all__ = [
@@ -311,15 +310,8 @@ class IncidentOut(BaseModel):
 def validated_fields(http: GuardedClient, fields: store.MonitorFields) -> store.MonitorFields:
     """Check what pydantic cannot: the URL is one the guarded client would request, and the
     settings fit together."""
-    tcp = fields.url.startswith("tcp://")
-    try:
-        if tcp:
-            http.check_tcp_target(fields.url)
-        else:
-            http.check_url(fields.url)
-    except BlockedTarget as error:
-        raise Unprocessable(f"invalid url: {error}") from None
-    if tcp and fields.regex is not None:
+    check_target(http, fields.url, tcp=True)
+    if fields.url.startswith("tcp://") and fields.regex is not None:
         raise Unprocessable("a regex needs an http(s) URL: a TCP check reads no page")
     if fields.regex is not None and fields.method == "HEAD":
         raise Unprocessable("a regex needs method GET: a HEAD response has no body to search")
@@ -338,7 +330,7 @@ def validated_fields(http: GuardedClient, fields: store.MonitorFields) -> store.
 def _monitor(row: store.Row) -> Monitor:
     shown = {
         "url": masked_url(row["url"]),
-        "name": monitor_name(row),
+        "name": row["display_name"],
         "next_check_at": row["due_at"],
     }
     return Monitor(

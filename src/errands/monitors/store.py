@@ -103,10 +103,10 @@ INSERT_MONITOR = """
 
 # A monitor as the API shows it, with its state and channels; each query adds its own clauses.
 MONITOR_VIEW = """
-    SELECT id, url, name, method, interval_s, timeout_s, regex, regex_mode, expected_status,
-           max_response_ms, failure_threshold, success_threshold, tls_expiry_days, paused,
-           public, coalesce(s.state, 'new') AS state, s.state_since, created_at, updated_at,
-           due_at,
+    SELECT id, url, name, monitor_display_name(name, url) AS display_name, method, interval_s,
+           timeout_s, regex, regex_mode, expected_status, max_response_ms, failure_threshold,
+           success_threshold, tls_expiry_days, paused, public, coalesce(s.state, 'new') AS state,
+           s.state_since, created_at, updated_at, due_at,
            ARRAY(SELECT channel_id
                    FROM monitor_channels
                   WHERE monitor_id = monitors.id
@@ -896,7 +896,8 @@ async def save_checks(
 # state, a run in progress, or a certificate to warn about. In steady state this is nothing.
 JUDGE_STORED = """
     WITH judged AS (
-        SELECT m.id AS monitor_id, m.name, m.url, m.failure_threshold, m.success_threshold,
+        SELECT m.id AS monitor_id, monitor_display_name(m.name, m.url) AS name, m.url,
+               m.failure_threshold, m.success_threshold,
                m.max_response_ms,
                st.monitor_id IS NOT NULL AS has_state,
                coalesce(st.state, 'new') AS state, st.state_since, st.pending_state,
