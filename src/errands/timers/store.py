@@ -3,10 +3,10 @@
 import functools
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -207,7 +207,24 @@ async def _insert_timers(pool: Pool, wake_within_s: float, batch: list[NewTimer]
     return [None] * len(batch)
 
 
-# One batcher per pool, so all of a process's requests share its INSERTs.
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def _batcher_of(
+    batchers: "weakref.WeakKeyDictionary[Pool, Batcher[Item, Result]]",
+    pool: Pool,
+    run: Callable[[list[Item]], Awaitable[Sequence[Result]]],
+    name: str,
+) -> Batcher[Item, Result]:
+    """The pool's batcher in `batchers`, made with `run` the first time: one per pool, so all
+    of a process's requests share its statements."""
+    batcher = batchers.get(pool)
+    if batcher is None:
+        batcher = batchers[pool] = Batcher(run, name=name)
+    return batcher
+
+
 _creators: "weakref.WeakKeyDictionary[Pool, Batcher[NewTimer, None]]" = weakref.WeakKeyDictionary()
 
 
@@ -217,12 +234,8 @@ async def create_timer(pool: Pool, timer: NewTimer, *, wake_within_s: float) -> 
     Timers asked for while one INSERT runs go into the next (group commit). A batch holding a
     timer due within `wake_within_s` wakes the delivery loop.
     """
-    creator = _creators.get(pool)
-    if creator is None:
-        creator = _creators[pool] = Batcher(
-            functools.partial(_insert_timers, pool, wake_within_s), name="timers:create"
-        )
-    await creator.submit(timer)
+    run = functools.partial(_insert_timers, pool, wake_within_s)
+    await _batcher_of(_creators, pool, run, "timers:create").submit(timer)
 
 
 async def create_timer_once(
@@ -257,7 +270,6 @@ async def _read_timers(pool: Pool, timer_ids: list[uuid.UUID]) -> list[dict[str,
     return [found.get(timer_id) for timer_id in timer_ids]
 
 
-# One batcher per pool, so a process's concurrent reads share a SELECT.
 _readers: "weakref.WeakKeyDictionary[Pool, Batcher[uuid.UUID, dict[str, Any] | None]]" = (
     weakref.WeakKeyDictionary()
 )
@@ -266,10 +278,8 @@ _readers: "weakref.WeakKeyDictionary[Pool, Batcher[uuid.UUID, dict[str, Any] | N
 async def get_timer(pool: Pool, timer_id: uuid.UUID) -> dict[str, Any] | None:
     """The timer as it is once this call starts, or None. Reads asked for while one SELECT
     runs share the next one."""
-    reader = _readers.get(pool)
-    if reader is None:
-        reader = _readers[pool] = Batcher(functools.partial(_read_timers, pool), name="timers:read")
-    return await reader.submit(timer_id)
+    run = functools.partial(_read_timers, pool)
+    return await _batcher_of(_readers, pool, run, "timers:read").submit(timer_id)
 
 
 async def list_timers(
