@@ -162,7 +162,8 @@ def notification_body(
     incident: Incident | None,
     check: StoredCheck,
 ) -> bytes:
-    """The JSON a webhook channel receives."""
+    """The JSON a webhook channel receives. `monitor` is as the store reads it: its id, display
+    name (`monitor_display_name` in SQL), URL and state."""
     document = {
         "type": kind,
         "monitor": {
